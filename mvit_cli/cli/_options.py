@@ -1,0 +1,66 @@
+"""Option aliases shared by several commands, so each option is spelled and documented once."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class Variant(str, Enum):
+    xxs = "xxs"
+    xs = "xs"
+    s = "s"
+
+
+class Source(str, Enum):
+    timm = "timm"
+    apple = "apple"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+VariantOpt = Annotated[Variant, typer.Option("--variant", "-m", help="Model variant: xxs, xs or s.")]
+SourceOpt = Annotated[
+    Optional[Source],
+    typer.Option(
+        "--source",
+        help="Weight source: timm (default) or apple. Also picks the preprocessing protocol; with --weights it "
+        "overrides the protocol of the detected checkpoint format.",
+    ),
+]
+WeightsOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--weights",
+        "-w",
+        help="Checkpoint file (timm, transformers or ml-cvnets format; .safetensors, .bin or .pt). Bypasses the cache.",
+        exists=True,
+        dir_okay=False,
+        resolve_path=True,
+    ),
+]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run the model: auto, cpu, cuda or mps.")]
+CacheDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--cache-dir",
+        envvar="MVIT_CACHE",
+        help="Weight cache folder (default: the Hugging Face cache, HF_HUB_CACHE / HF_HOME). Env: MVIT_CACHE.",
+    ),
+]
+OfflineOpt = Annotated[
+    bool,
+    typer.Option("--offline", help="Use only cached weights; never touch the network (also: HF_HUB_OFFLINE=1)."),
+]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
+WorkersOpt = Annotated[
+    Optional[int], typer.Option("--workers", "-j", min=0, help="Image-decoding worker processes (0: decode inline).")
+]

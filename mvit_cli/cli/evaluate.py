@@ -1,0 +1,9 @@
+"""`mvit evaluate` (placeholder: filled in by its issue)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,121 @@
+"""The `mvit` command: wires the command modules together and turns errors into one clear line."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from mvit_cli import __version__
+from mvit_cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, MvitError
+
+
+class _State:
+    debug: bool = os.environ.get("MVIT_DEBUG", "") not in ("", "0")
+
+
+state = _State()
+
+
+def _fail(message: str, code: int) -> int:
+    typer.echo(f"mvit: error: {message}", err=True)
+    return code
+
+
+def _friendly(exc: BaseException) -> tuple[str, int] | None:
+    """Message and exit code for errors a user can cause; None for a bug in mvit."""
+    if isinstance(exc, MvitError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or exc}", EXIT_USAGE
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file: {exc.filename or exc}", EXIT_USAGE
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return "no space left on device", EXIT_USAGE
+    return None
+
+
+class MvitGroup(TyperGroup):
+    """Runs a command and maps its failures to exit codes: 1 usage/setup, 3 partial, 130 interrupted.
+
+    Lives in the click group (not in `run`) so that typer's CliRunner in the tests sees exactly what the
+    installed `mvit` does.
+    """
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        debug = state.debug or "--debug" in (sys.argv if args is None else list(args))
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except typer.TyperException as exc:  # typer's (vendored) click usage errors: bad option, missing argument
+            show = getattr(exc, "show", None)
+            show() if show else typer.echo(f"mvit: error: {exc.format_message()}", err=True)
+            code = EXIT_USAGE
+        except (typer.Abort, KeyboardInterrupt):
+            code = _fail("interrupted", EXIT_INTERRUPTED)
+        except Exception as exc:
+            friendly = _friendly(exc)
+            if debug:
+                traceback.print_exc()
+            if friendly is not None:
+                code = _fail(*friendly)
+            else:
+                message = f"internal error: {type(exc).__name__}: {exc}"
+                if not debug:
+                    message += " (run with --debug for the traceback)"
+                code = _fail(message, EXIT_USAGE)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    name="mvit",
+    cls=MvitGroup,
+    help="Classify images with MobileViT v1 (XXS, XS, S) trained on ImageNet-1k, and reproduce its published accuracy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mvit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Optional[bool] = typer.Option(
+        None, "--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (also: MVIT_DEBUG=1)."),
+) -> None:
+    """MobileViT v1 image classification from the shell."""
+    state.debug = state.debug or debug
+
+
+def _register() -> None:
+    # Command modules import torch and friends lazily, inside the commands, so `mvit --help` stays fast.
+    from mvit_cli.cli import bench, classify, evaluate, export, info, weights
+
+    for module in (classify, evaluate, info, weights, bench, export):
+        module.register(app)
+
+
+_register()
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()

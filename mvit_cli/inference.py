@@ -1,0 +1,95 @@
+"""One call from "variant / source / weights file" to a model ready to run, with the matching preprocessing.
+
+This is the glue every model-running command shares (classify, eval, bench, export): it picks the weight
+file (cache or `--weights`), loads it in whatever format it is, picks the preprocessing protocol, and asks
+`runtime` for the fastest exact way to run it. Loaded models are memoised per process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mvit_cli.errors import UsageError
+from mvit_cli.preprocess import Preprocessing
+
+DEFAULT_VARIANT = "s"
+DEFAULT_SOURCE = "timm"
+
+# The preprocessing protocol a checkpoint format was trained/evaluated with, named by its weight source.
+# ml-cvnets' own eval recipe (resize 288 bilinear, crop 256) is the one transformers' processor copies.
+FORMAT_SOURCE = {"mvit": None, "timm": "timm", "transformers": "apple", "cvnets": "apple"}
+
+
+@dataclass
+class LoadedModel:
+    run: Callable[[torch.Tensor], torch.Tensor]  # [B, 3, H, W] float32 -> [B, 1000] float32 logits on the CPU
+    module: torch.nn.Module  # the plain (unoptimised) MobileViT, on the CPU
+    variant: str
+    source: str  # weight source whose preprocessing protocol applies: "timm" or "apple"
+    checkpoint_format: str  # the format the file was detected as
+    preprocessing: Preprocessing
+    device: torch.device
+    backend: str
+    weights_path: Path
+
+
+_loaded: dict[tuple, LoadedModel] = {}
+
+
+def load_model(
+    variant: str | None = None,
+    source: str | None = None,
+    weights: Path | None = None,
+    device: str = "auto",
+    backend: str = "torch",
+    cache_dir: Path | None = None,
+    offline: bool = False,
+    progress: bool = True,
+) -> LoadedModel:
+    """Load (download if needed, verify, convert) the weights and prepare the model. Memoised per process.
+
+    With `weights`, the variant is read from the checkpoint when not given, and the preprocessing protocol is
+    that of the detected checkpoint format unless `source` says otherwise. Without, the manifest's file for
+    (variant, source) is taken from the cache or downloaded.
+    """
+    from mvit_cli import checkpoints, manifest, runtime
+
+    key = (variant, source, str(weights) if weights else None, device, backend, str(cache_dir), offline)
+    if key in _loaded:
+        return _loaded[key]
+
+    if weights is not None:
+        checkpoint = checkpoints.load_checkpoint(weights, variant=variant)
+        path = Path(weights)
+    else:
+        from mvit_cli import hub
+
+        variant = variant or DEFAULT_VARIANT
+        path = hub.resolve_weights(variant, source or DEFAULT_SOURCE, cache_dir=cache_dir, offline=offline,
+                                   progress=progress)
+        checkpoint = checkpoints.load_checkpoint(path, variant=variant)
+        source = source or DEFAULT_SOURCE
+
+    if source is None:
+        source = FORMAT_SOURCE.get(checkpoint.format) or checkpoint.source or DEFAULT_SOURCE
+    if source not in manifest.SOURCES:
+        raise UsageError(f"unknown weight source {source!r}; expected one of {', '.join(manifest.SOURCES)}")
+
+    target = runtime.resolve_device(device)
+    loaded = LoadedModel(
+        run=runtime.prepare(checkpoint.model, target, backend),
+        module=checkpoint.model,
+        variant=checkpoint.variant,
+        source=source,
+        checkpoint_format=checkpoint.format,
+        preprocessing=manifest.preprocessing(source),
+        device=target,
+        backend=backend,
+        weights_path=path,
+    )
+    _loaded[key] = loaded
+    return loaded
