@@ -27,3 +27,15 @@ def prepare(model: nn.Module, device: torch.device, backend: str = "torch") -> C
         return model(batch.to(device)).float().cpu()
 
     return run
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Images per batch when the user gives none (placeholder: to be chosen from measurement)."""
+    return 64 if device.type == "cuda" else 8
+
+
+def default_workers() -> int:
+    """Decoding worker processes when the user gives none (placeholder: to be chosen from measurement)."""
+    import os
+
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
