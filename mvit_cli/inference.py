@@ -40,6 +40,19 @@ class LoadedModel:
 _loaded: dict[tuple, LoadedModel] = {}
 
 
+def _memo_key(variant, source, weights, device, backend, cache_dir, offline) -> tuple:
+    """What decides which model `load_model` returns: the weight file's identity, not just its name."""
+    if weights is not None:
+        stat = Path(weights).stat()
+        origin: tuple = ("file", str(Path(weights).resolve()), stat.st_size, stat.st_mtime_ns)
+    else:
+        from mvit_cli import hub
+
+        # The cache folder as resolved now (HF_HOME / MVIT_CACHE may change between calls in one process).
+        origin = ("cache", str(hub.cache_root(cache_dir)), offline)
+    return (variant, source, device, backend, *origin)
+
+
 def load_model(
     variant: str | None = None,
     source: str | None = None,
@@ -58,7 +71,7 @@ def load_model(
     """
     from mvit_cli import checkpoints, manifest, runtime
 
-    key = (variant, source, str(weights) if weights else None, device, backend, str(cache_dir), offline)
+    key = _memo_key(variant, source, weights, device, backend, cache_dir, offline)
     if key in _loaded:
         return _loaded[key]
 
@@ -81,7 +94,7 @@ def load_model(
 
     target = runtime.resolve_device(device)
     loaded = LoadedModel(
-        run=runtime.prepare(checkpoint.model, target, backend),
+        run=runtime.prepare(checkpoint.model, target, backend, weights_path=path),
         module=checkpoint.model,
         variant=checkpoint.variant,
         source=source,

@@ -1,9 +1,230 @@
-"""`mvit weights` (placeholder: filled in by its issue)."""
+"""`mvit download`, `mvit import`, `mvit cache list`, `mvit cache clear`: the weight files on this machine."""
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+
+from mvit_cli.cli._options import CacheDirOpt, Source, Variant
+from mvit_cli.errors import EXIT_OK, EXIT_PARTIAL, MvitError
+
+
+class VariantOrAll(str, Enum):
+    xxs = "xxs"
+    xs = "xs"
+    s = "s"
+    all = "all"
+
+
+class SourceOrAll(str, Enum):
+    timm = "timm"
+    apple = "apple"
+    all = "all"
+
+
+class ListFormat(str, Enum):
+    table = "table"
+    json = "json"
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("download")(download_command)
+    app.command("import")(import_command)
+    cache = typer.Typer(
+        name="cache",
+        help="What mvit has in its weight cache: list it, or clear it.",
+        no_args_is_help=True,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    cache.command("list")(cache_list_command)
+    cache.command("clear")(cache_clear_command)
+    app.add_typer(cache, name="cache")
+
+
+def _choices(value: str, names: tuple[str, ...]) -> list[str]:
+    return list(names) if value == "all" else [value]
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def download_command(
+    variant: Annotated[
+        VariantOrAll, typer.Option("--variant", "-m", help="Model variant to fetch: xxs, xs, s, or all.")
+    ] = VariantOrAll.s,
+    source: Annotated[
+        SourceOrAll, typer.Option("--source", help="Weight source: timm (the default weights), apple, or all.")
+    ] = SourceOrAll.timm,
+    cache_dir: CacheDirOpt = None,
+) -> int:
+    """Download weights into the cache and verify their sha256, so later runs need no network.
+
+    Files come from the Hugging Face hub (or the mirror in HF_ENDPOINT), pinned to the commits listed in mvit's
+    weight manifest, into huggingface_hub's standard cache (HF_HUB_CACHE, HF_HOME; --cache-dir / MVIT_CACHE
+    override). A file already cached and verified is not fetched again. A file that does not match its sha256
+    is deleted and reported. For a machine without network: run this where there is one, then copy the cache
+    folder (`mvit cache list` shows it) to the cache folder of that machine (or point --cache-dir / MVIT_CACHE
+    at the copy).
+
+    Examples:
+
+        mvit download                          # MobileViT-S, timm weights (what `mvit classify` uses)
+
+        mvit download --variant all --source all
+
+        mvit download -m xxs --cache-dir ./weights-cache
+    """
+    from mvit_cli import hub, manifest
+    from mvit_cli.output import progress_enabled, stdout_console, warn
+
+    console = stdout_console()
+    failures = 0
+    jobs = [(v, s) for s in _choices(source.value, manifest.SOURCES) for v in _choices(variant.value, manifest.VARIANTS)]
+    for v, s in jobs:
+        try:
+            result = hub.download(v, s, cache_dir=cache_dir, progress=progress_enabled())
+        except MvitError as exc:
+            if len(jobs) == 1:
+                raise
+            failures += 1
+            warn(f"{s} {v}: {exc}")
+            continue
+        state = "downloaded" if result.downloaded else "already cached"
+        console.print(f"{s} {v}: {state}, verified (sha256 {result.sha256[:12]}...), {_mb(result.size)}: {result.path}",
+                      highlight=False, soft_wrap=True)
+    if failures == len(jobs):
+        raise MvitError(f"none of the {len(jobs)} weight files could be fetched (reasons above)")
+    return EXIT_PARTIAL if failures else EXIT_OK
+
+
+def import_command(
+    file: Annotated[
+        Path,
+        typer.Argument(help="Checkpoint file: timm, transformers, ml-cvnets or mvit format; .safetensors, .bin, .pt.",
+                       exists=True, dir_okay=False, resolve_path=True, show_default=False),
+    ],
+    variant: Annotated[
+        Optional[Variant],
+        typer.Option("--variant", "-m", help="Model variant the file must hold [default: read from the file]."),
+    ] = None,
+    source: Annotated[
+        Optional[Source],
+        typer.Option("--source", help="Weight source whose preprocessing applies [default: that of the file's "
+                                      "format: timm for timm files, apple for transformers and ml-cvnets files]."),
+    ] = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Bring a checkpoint file into the cache by hand, e.g. on a machine without network.
+
+    The file is loaded first (a file that is not a complete checkpoint of the variant is refused with the
+    reason), then stored in the cache as safetensors with mvit's own key names: later runs find it for
+    (variant, source) without network and without unpickling anything. If the file is the very one mvit's
+    manifest pins (same sha256), that is reported.
+
+    Examples:
+
+        mvit import pytorch_model.bin --variant xxs          # from apple/mobilevit-xx-small: source apple
+
+        mvit import model.safetensors --variant s            # from timm/mobilevit_s.cvnets_in1k: source timm
+
+        mvit import mobilevit_xs.pt --variant xs --source apple
+    """
+    from mvit_cli import hub
+    from mvit_cli.output import stdout_console
+
+    path, record = hub.import_checkpoint(file, variant=variant.value if variant else None,
+                                         source=source.value if source else None, cache_dir=cache_dir)
+    published = {True: "yes, it is the file mvit's manifest pins", False: "no (loaded fine, but not the file "
+                 "mvit's manifest pins)", None: "unknown (no sha256 known for it)"}[record.matches_manifest]
+    console = stdout_console()
+    console.print(f"imported {record.original_name} ({record.original_format} format) as MobileViT-"
+                  f"{record.variant.upper()}, source {record.source}: {path}", highlight=False, soft_wrap=True)
+    console.print(f"published file: {published}", highlight=False, soft_wrap=True)
+
+
+def cache_list_command(
+    output_format: Annotated[
+        ListFormat, typer.Option("--format", "-f", help="table (for people) or json (for programs).")
+    ] = ListFormat.table,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Hash every file now instead of trusting earlier verification.")
+    ] = False,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """List the weight files in the cache: variant, source, downloaded or imported, size, verified or not.
+
+    "verified" means the file's sha256 matched when it was last hashed and its size and modification time
+    have not changed since; --verify hashes every file again. "corrupt" files are deleted (and downloaded
+    again) the next time they are needed.
+
+    Examples:
+
+        mvit cache list
+
+        mvit cache list --format json --verify
+
+        MVIT_CACHE=/mnt/weights mvit cache list
+    """
+    from mvit_cli import hub
+    from mvit_cli.output import stdout_console, write_json
+
+    root = hub.cache_root(cache_dir)
+    rows = hub.list_cache(cache_dir=cache_dir, verify=verify)
+    if output_format is ListFormat.json:
+        write_json({
+            "cache_dir": str(root),
+            "files": [
+                {"variant": r.variant, "source": r.source, "kind": r.kind, "state": r.state, "size_bytes": r.size,
+                 "path": str(r.path), "detail": r.detail}
+                for r in rows
+            ],
+        })
+        return
+    from rich.table import Table
+
+    console = stdout_console()
+    console.print(f"cache folder: {root}", highlight=False, soft_wrap=True)
+    if not rows:
+        console.print("no mvit weights cached; get them with `mvit download` or `mvit import FILE`", highlight=False)
+        return
+    table = Table("variant", "source", "kind", "size", "state", "file")
+    for r in rows:
+        table.add_row(r.variant, r.source, r.kind, _mb(r.size), r.state, r.detail)
+    console.print(table)
+
+
+def cache_clear_command(
+    variant: Annotated[
+        Optional[Variant], typer.Option("--variant", "-m", help="Only this variant [default: all].")
+    ] = None,
+    source: Annotated[
+        Optional[Source], typer.Option("--source", help="Only this weight source [default: all].")
+    ] = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Delete mvit's weight files from the cache: downloads and imports.
+
+    Only the files mvit's manifest names are removed from huggingface_hub's cache (other files of the same hub
+    repositories stay); they are downloaded again when next needed.
+
+    Examples:
+
+        mvit cache clear                     # everything mvit cached
+
+        mvit cache clear --variant s --source apple
+    """
+    from mvit_cli import hub
+    from mvit_cli.output import stdout_console
+
+    removed = hub.clear_cache(variant=variant.value if variant else None, source=source.value if source else None,
+                              cache_dir=cache_dir)
+    console = stdout_console()
+    for r in removed:
+        console.print(f"removed {r.source} {r.variant} ({r.kind}, {_mb(r.size)}): {r.path}", highlight=False,
+                      soft_wrap=True)
+    if not removed:
+        console.print(f"nothing to remove in {hub.cache_root(cache_dir)}", highlight=False, soft_wrap=True)

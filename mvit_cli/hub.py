@@ -1,0 +1,606 @@
+"""Weight files on disk: downloads into the Hugging Face cache, `mvit import`ed checkpoints, verification.
+
+Cache layout. The root is, first found: `cache_dir` (`--cache-dir`, `MVIT_CACHE`), `HF_HUB_CACHE`,
+`$HF_HOME/hub`, `$XDG_CACHE_HOME/huggingface/hub`, `~/.cache/huggingface/hub` (huggingface_hub's own rule,
+read when mvit runs, not when huggingface_hub was imported). Inside it:
+
+    models--timm--mobilevit_s.cvnets_in1k/      huggingface_hub's standard layout, shared with timm and
+        blobs/<sha256>                          transformers: a file downloaded by either is reused
+        snapshots/<commit>/model.safetensors -> ../../blobs/<sha256>
+        refs/
+    mvit/imports/mobilevit_<variant>-<source>.safetensors   `mvit import`ed weights, canonical keys
+    mvit/imports/mobilevit_<variant>-<source>.json          where they came from, and their sha256
+    mvit/verified/<name>.json                               "this file, with this size and mtime, hashed OK"
+
+Verification. A download is hashed once, when it arrives, against the manifest's sha256 (or, where that is
+not established, the LFS sha256 the hub reports for the pinned commit); a mismatch deletes it. A marker
+records the file's size and mtime, so later runs check a `stat` instead of reading and hashing the whole
+file again; a file whose size or mtime changed (e.g. a cache copied from another machine) is hashed once more.
+
+Which file serves (variant, source): the verified download if cached, else an imported checkpoint, else a
+download (never when offline). Results are memoised per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from mvit_cli import manifest
+from mvit_cli.errors import IntegrityError, UsageError, WeightsUnavailableError
+from mvit_cli.manifest import WeightEntry
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+MVIT_DIR = "mvit"  # mvit's own folder inside the cache root
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TRUE = {"1", "on", "yes", "true"}
+_HEAD_TIMEOUT_S = 10.0
+
+# (variant, source, cache root) -> verified path, for the life of the process.
+_resolved: dict[tuple[str, str, str], Path] = {}
+
+
+# ------------------------------------------------------------------------------------------ configuration
+
+
+def cache_root(cache_dir: Path | str | None = None) -> Path:
+    """The weight cache folder, following huggingface_hub's rule, with `cache_dir` / MVIT_CACHE first."""
+    env = os.environ
+    for value in (cache_dir, env.get("MVIT_CACHE"), env.get("HF_HUB_CACHE")):
+        if value:
+            return Path(os.path.expandvars(str(value))).expanduser()
+    if env.get("HF_HOME"):
+        return Path(os.path.expandvars(env["HF_HOME"])).expanduser() / "hub"
+    xdg = env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(os.path.expandvars(xdg)).expanduser() / "huggingface" / "hub"
+
+
+def offline_from_env() -> bool:
+    """HF_HUB_OFFLINE=1 (or huggingface's older TRANSFORMERS_OFFLINE=1): use only what is cached."""
+    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def endpoint() -> str:
+    """The hub to download from: HF_ENDPOINT (a mirror) or huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+# ------------------------------------------------------------------------------------------ verification
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _marker_path(root: Path, file: Path) -> Path:
+    """One marker per file, named after its path inside the root (unique across repos and imports)."""
+    try:
+        relative = file.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:  # not under the root (cannot happen for our files; be safe)
+        relative = file.resolve().as_posix()
+    name = relative.replace("/", "__")
+    if len(name) > 200:
+        name = hashlib.sha256(relative.encode()).hexdigest()
+    return root / MVIT_DIR / "verified" / f"{name}.json"
+
+
+def _read_marker(root: Path, file: Path) -> dict | None:
+    try:
+        return json.loads(_marker_path(root, file).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _marker_valid(root: Path, file: Path, expected_sha256: str) -> bool:
+    marker = _read_marker(root, file)
+    if not marker:
+        return False
+    st = file.stat()
+    return (marker.get("sha256") == expected_sha256 and marker.get("size") == st.st_size
+            and marker.get("mtime_ns") == st.st_mtime_ns)
+
+
+def _write_marker(root: Path, file: Path, sha256: str) -> None:
+    st = file.stat()
+    marker = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "verified_at": time.time()}
+    path = _marker_path(root, file)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(marker))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: verification just runs again next time
+
+
+def _remove_marker(root: Path, file: Path) -> None:
+    try:
+        _marker_path(root, file).unlink(missing_ok=True)
+    except OSError:
+        pass  # read-only cache
+
+
+def _verify(root: Path, file: Path, expected_sha256: str, use_marker: bool = True) -> bool:
+    """Whether `file` hashes to `expected_sha256`; a valid marker answers without hashing."""
+    if use_marker and _marker_valid(root, file, expected_sha256):
+        return True
+    actual = sha256_file(file)
+    if actual != expected_sha256:
+        _remove_marker(root, file)
+        return False
+    _write_marker(root, file, actual)
+    return True
+
+
+# ------------------------------------------------------------------------------------------ downloads
+
+
+@dataclass
+class CachedFile:
+    """A file of mvit's in the cache, and whether its bytes are the expected ones."""
+
+    variant: str
+    source: str
+    kind: str  # "download" or "import"
+    path: Path  # what to load (for downloads: the snapshot path, usually a link to the blob)
+    size: int
+    state: str  # "verified", "unverified" (not hashed yet) or "corrupt"
+    detail: str  # repo and file for downloads, provenance for imports
+
+
+def _snapshot_path(entry: WeightEntry, root: Path) -> Path | None:
+    """The cached file of `entry` at its pinned revision, found on disk only (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(entry.repo_id, entry.filename, cache_dir=str(root), revision=entry.revision)
+    return Path(found) if isinstance(found, str) and os.path.isfile(found) else None
+
+
+def _expected_sha256(entry: WeightEntry, root: Path, path: Path) -> str | None:
+    """What a cached download must hash to: the manifest's sha256, else the hub's (the blob's name)."""
+    if entry.sha256:
+        return entry.sha256
+    blob = Path(os.path.realpath(path))
+    if _SHA256.fullmatch(blob.name):
+        return blob.name
+    marker = _read_marker(root, blob)  # no symlinks (Windows): the blob was moved here; its hash was recorded
+    return marker.get("sha256") if marker else None
+
+
+def _remove_download(entry: WeightEntry, root: Path, path: Path) -> None:
+    """Delete a cached download: the blob, the snapshot link and the marker."""
+    blob = Path(os.path.realpath(path))
+    _remove_marker(root, path)
+    _remove_marker(root, blob)
+    for p in (path, blob):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _cached_download(entry: WeightEntry, root: Path, hash_now: bool, use_marker: bool = True) -> CachedFile | None:
+    path = _snapshot_path(entry, root)
+    if path is None:
+        return None
+    expected = _expected_sha256(entry, root, path)
+    blob = Path(os.path.realpath(path))
+    if expected is None:
+        state = "unverified"
+    elif use_marker and _marker_valid(root, blob, expected):
+        state = "verified"
+    elif hash_now:
+        state = "verified" if _verify(root, blob, expected, use_marker=False) else "corrupt"
+    else:
+        state = "unverified"
+    return CachedFile(entry.variant, entry.source, "download", path, blob.stat().st_size, state,
+                      f"{entry.repo_id}@{entry.revision[:7]} {entry.filename}")
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Transport-level exception classes of whichever HTTP client this huggingface_hub version uses."""
+    import importlib
+
+    classes: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests.exceptions", "RequestException")):
+        try:
+            classes.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(classes)
+
+
+def _how_to_get(entry: WeightEntry, root: Path) -> str:
+    return (
+        f"To get them: run `mvit download --variant {entry.variant} --source {entry.source}` on a machine with "
+        f"network access and copy its cache folder (`mvit cache list` shows it) to {root} here, or bring the "
+        f"checkpoint file ({entry.repo_id} {entry.filename}) and run "
+        f"`mvit import FILE --variant {entry.variant} --source {entry.source}`"
+    )
+
+
+def _unavailable(entry: WeightEntry, root: Path, reason: str) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"no {entry.source} weights for MobileViT-{entry.variant.upper()} in the cache {root}, and {reason}. "
+        + _how_to_get(entry, root)
+    )
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """huggingface_hub's download bar on stderr, or none at all."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    if not enabled:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not enabled and not was_disabled:
+            enable_progress_bars()
+
+
+@dataclass
+class Download:
+    path: Path
+    size: int
+    sha256: str
+    downloaded: bool  # False: it was already in the cache, verified
+
+
+def download(variant: str, source: str, cache_dir: Path | None = None, progress: bool = True) -> Download:
+    """The manifest's file for (variant, source) in the cache, verified: downloaded unless already there.
+
+    A download that does not hash to the expected sha256 is deleted (blob and snapshot link) and IntegrityError
+    raised; one that fails midway leaves nothing in the cache (huggingface_hub writes to a temporary file and
+    moves it into place only once complete).
+    """
+    entry = manifest.entry(variant, source)
+    root = cache_root(cache_dir)
+    found = _cached_download(entry, root, hash_now=True)
+    if found is not None and found.state == "verified":
+        return Download(found.path, found.size, _expected_sha256(entry, root, found.path) or "", downloaded=False)
+    if found is not None:
+        from mvit_cli.output import warn
+
+        warn(f"the cached {entry.label} does not match its sha256 (damaged on disk?); deleted it")
+        _remove_download(entry, root, found.path)
+    if offline_from_env():
+        raise _unavailable(entry, root, "offline mode is on (HF_HUB_OFFLINE=1)")
+    path, sha256 = _fetch(entry, root, progress)
+    _forget(root, variant, source)
+    return Download(path, Path(os.path.realpath(path)).stat().st_size, sha256, downloaded=True)
+
+
+def _fetch(entry: WeightEntry, root: Path, progress: bool) -> tuple[Path, str]:
+    """Download `entry` from the hub into the cache root; verify it. Returns the snapshot path and sha256."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from mvit_cli.output import warn
+
+    hub = endpoint()
+    where = f"{entry.repo_id}@{entry.revision} {entry.filename} from {hub}"
+    started = False  # whether the transfer itself began (else the hub could not even be asked)
+    try:
+        # Ask the hub first which file it holds (its LFS sha256 and size), so that a file other than the pinned
+        # one is refused before a single byte is stored.
+        url = hf_hub_url(entry.repo_id, entry.filename, revision=entry.revision, endpoint=hub)
+        meta = get_hf_file_metadata(url, timeout=_HEAD_TIMEOUT_S, **_agent())
+        hub_sha256 = meta.etag if meta.etag and _SHA256.fullmatch(meta.etag) else None
+        expected = entry.sha256 or hub_sha256
+        if expected is None:
+            raise IntegrityError(f"the hub reports no sha256 for {where}, so a download could not be verified")
+        if entry.sha256 and hub_sha256 and hub_sha256 != entry.sha256:
+            raise IntegrityError(
+                f"the hub serves another file (sha256 {hub_sha256[:12]}...) than the one mvit's manifest pins "
+                f"(sha256 {entry.sha256[:12]}...) for {where}; refused, nothing was stored"
+            )
+        size = f"{meta.size / 1e6:.1f} MB" if meta.size else entry.size_approx
+        warn(f"downloading {entry.repo_id} {entry.filename} ({size}) from {hub}")
+        started = True
+        with _progress_bars(progress):
+            path = Path(hf_hub_download(entry.repo_id, entry.filename, revision=entry.revision,
+                                        cache_dir=str(root), endpoint=hub, **_agent()))
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as exc:
+        raise WeightsUnavailableError(
+            f"the hub at {hub} has no {entry.filename} in {entry.repo_id} at revision {entry.revision} "
+            f"({type(exc).__name__}); if HF_ENDPOINT points to a mirror, it lacks this file. " + _how_to_get(entry, root)
+        ) from None
+    except (OfflineModeIsEnabled, LocalEntryNotFoundError) as exc:
+        raise _unavailable(entry, root, f"the hub at {hub} cannot be reached ({_first_line(exc)})") from None
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", "?")
+        raise _unavailable(entry, root, f"the hub at {hub} answered HTTP {status}" + _retry_hint(started)) from None
+    except _network_errors() as exc:
+        problem = f"{type(exc).__name__}: {_first_line(exc)}"
+        reason = (f"the download from {hub} failed ({problem})" if started
+                  else f"the hub at {hub} cannot be reached ({problem})")
+        raise _unavailable(entry, root, reason + _retry_hint(started)) from None
+    except OSError as exc:
+        if exc.errno is not None:  # disk full, permission denied...: the CLI reports those itself
+            raise
+        # huggingface_hub's "Consistency check failed": fewer bytes arrived than the hub announced.
+        raise _unavailable(entry, root, f"the download was incomplete ({_first_line(exc)})" + _retry_hint(True)) from None
+
+    blob = Path(os.path.realpath(path))
+    actual = sha256_file(blob)
+    if actual != expected:
+        _remove_download(entry, root, path)
+        origin = "mvit's manifest" if entry.sha256 else "the hub announced"
+        raise IntegrityError(
+            f"the downloaded {entry.label} has sha256 {actual[:12]}..., not {expected[:12]}... as {origin}: it was "
+            "corrupted or tampered with on the way and has been deleted. Run the command again; if this persists, "
+            "the hub or a proxy serves wrong bytes"
+        )
+    _write_marker(root, blob, actual)
+    return path, actual
+
+
+def _retry_hint(started: bool) -> str:
+    return "; nothing was kept, run the command again to retry" if started else ""
+
+
+def _agent() -> dict[str, str]:
+    """Identify mvit in the hub's user agent, as huggingface_hub asks libraries to."""
+    from mvit_cli import __version__
+
+    return {"library_name": "mvit", "library_version": __version__}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------------ imports
+
+
+@dataclass
+class ImportRecord:
+    """Provenance of an imported checkpoint (the .json beside it)."""
+
+    variant: str
+    source: str
+    original_name: str
+    original_format: str
+    original_sha256: str
+    original_size: int
+    matches_manifest: bool | None  # the original is the manifest's file (True), is not (False), unknown (None)
+    sha256: str  # of the stored canonical safetensors
+    imported_at: float
+
+
+def _import_paths(root: Path, variant: str, source: str) -> tuple[Path, Path]:
+    base = root / MVIT_DIR / "imports" / f"mobilevit_{variant}-{source}"
+    return base.with_suffix(".safetensors"), base.with_suffix(".json")
+
+
+def _read_import(root: Path, variant: str, source: str) -> tuple[Path, ImportRecord] | None:
+    weights, record_path = _import_paths(root, variant, source)
+    if not (weights.is_file() and record_path.is_file()):
+        return None
+    try:
+        record = ImportRecord(**json.loads(record_path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return weights, record
+
+
+def _cached_import(root: Path, variant: str, source: str, hash_now: bool, use_marker: bool = True) -> CachedFile | None:
+    found = _read_import(root, variant, source)
+    if found is None:
+        return None
+    weights, record = found
+    if use_marker and _marker_valid(root, weights, record.sha256):
+        state = "verified"
+    elif hash_now:
+        state = "verified" if _verify(root, weights, record.sha256, use_marker=False) else "corrupt"
+    else:
+        state = "unverified"
+    detail = f"imported from {record.original_name} ({record.original_format} format)"
+    return CachedFile(variant, source, "import", weights, weights.stat().st_size, state, detail)
+
+
+def import_checkpoint(file: Path, variant: str | None = None, source: str | None = None,
+                      cache_dir: Path | None = None) -> tuple[Path, ImportRecord]:
+    """Load `file` (any supported format) to prove it is a complete checkpoint of `variant`, then store it in
+    the cache as canonical safetensors, where `resolve_weights(variant, source)` finds it offline.
+
+    `source` (whose preprocessing protocol applies) defaults to the one of the detected format.
+    """
+    from mvit_cli import checkpoints
+    from mvit_cli.inference import DEFAULT_SOURCE, FORMAT_SOURCE
+
+    file = Path(file)
+    checkpoint = checkpoints.load_checkpoint(file, variant=variant)
+    source = source or FORMAT_SOURCE.get(checkpoint.format) or checkpoint.source or DEFAULT_SOURCE
+    if source not in manifest.SOURCES:
+        raise UsageError(f"unknown weight source {source!r}; expected one of {', '.join(manifest.SOURCES)}")
+    original_sha256 = sha256_file(file)
+    published = manifest.entry(checkpoint.variant, source).sha256
+    root = cache_root(cache_dir)
+    weights, record_path = _import_paths(root, checkpoint.variant, source)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_name(f"{weights.stem}.{os.getpid()}.tmp")
+    try:
+        checkpoints.save_canonical(checkpoint, tmp, source)
+        record = ImportRecord(
+            variant=checkpoint.variant,
+            source=source,
+            original_name=file.name,
+            original_format=checkpoint.format,
+            original_sha256=original_sha256,
+            original_size=file.stat().st_size,
+            matches_manifest=None if published is None else original_sha256 == published,
+            sha256=sha256_file(tmp),
+            imported_at=time.time(),
+        )
+        # The record goes last: an import without its record is never used, so a crash midway is harmless.
+        record_path.unlink(missing_ok=True)
+        os.replace(tmp, weights)
+        record_tmp = record_path.with_name(f"{record_path.stem}.{os.getpid()}.tmp")
+        record_tmp.write_text(json.dumps(asdict(record), indent=1))
+        os.replace(record_tmp, record_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _write_marker(root, weights, record.sha256)
+    _forget(root, checkpoint.variant, source)
+    return weights, record
+
+
+# ------------------------------------------------------------------------------------------ resolving
+
+
+def _forget(root: Path, variant: str | None = None, source: str | None = None) -> None:
+    for key in list(_resolved):
+        if key[2] == str(root) and variant in (None, key[0]) and source in (None, key[1]):
+            del _resolved[key]
+
+
+def cached_file(variant: str, source: str, cache_dir: Path | None = None) -> Path | None:
+    """The file that would serve (variant, source) from the cache, verified; None if there is none. No network."""
+    root = cache_root(cache_dir)
+    entry = manifest.entry(variant, source)
+    for found in (_cached_download(entry, root, hash_now=True), _cached_import(root, variant, source, hash_now=True)):
+        if found is not None and found.state == "verified":
+            return found.path
+    return None
+
+
+def resolve_weights(variant: str, source: str, cache_dir: Path | None = None, offline: bool = False,
+                    progress: bool = True) -> Path:
+    """A verified weight file for (variant, source): from the cache, or downloaded (unless offline).
+
+    Raises WeightsUnavailableError when nothing is cached and the hub cannot be used, IntegrityError when a
+    file does not hash to what it must.
+    """
+    from mvit_cli.output import warn
+
+    entry = manifest.entry(variant, source)
+    root = cache_root(cache_dir)
+    key = (variant, source, str(root))
+    if key in _resolved and _resolved[key].exists():
+        return _resolved[key]
+
+    download_found = _cached_download(entry, root, hash_now=True)
+    if download_found is not None and download_found.state == "corrupt":
+        warn(f"the cached {entry.label} does not match its sha256 (damaged on disk?); deleted it")
+        _remove_download(entry, root, download_found.path)
+        download_found = None
+    import_found = _cached_import(root, variant, source, hash_now=True)
+    if import_found is not None and import_found.state == "corrupt":
+        raise IntegrityError(
+            f"the imported {source} weights for MobileViT-{variant.upper()} ({import_found.path}) no longer match "
+            f"their sha256; import them again with `mvit import FILE --variant {variant} --source {source}`"
+        )
+    for found in (download_found, import_found):
+        if found is not None and found.state in ("verified", "unverified"):
+            if found.state == "unverified":  # only a download from a cache without symlinks and marker
+                warn(f"cannot verify the cached {entry.label} (no sha256 known for it); using it as is")
+            _resolved[key] = found.path
+            return found.path
+
+    if offline or offline_from_env():
+        raise _unavailable(entry, root, "offline mode is on (--offline or HF_HUB_OFFLINE=1)")
+    path, _ = _fetch(entry, root, progress)
+    _resolved[key] = path
+    return path
+
+
+# ------------------------------------------------------------------------------------------ cache admin
+
+
+def list_cache(cache_dir: Path | None = None, verify: bool = False) -> list[CachedFile]:
+    """Every mvit weight file in the cache. `verify`: hash every file now, ignoring verification markers."""
+    root = cache_root(cache_dir)
+    rows: list[CachedFile] = []
+    for entry in manifest.entries():
+        for found in (_cached_download(entry, root, hash_now=True, use_marker=not verify),
+                      _cached_import(root, entry.variant, entry.source, hash_now=True, use_marker=not verify)):
+            if found is not None:
+                rows.append(found)
+    return rows
+
+
+def clear_cache(variant: str | None = None, source: str | None = None, cache_dir: Path | None = None) -> list[CachedFile]:
+    """Delete mvit's weight files (downloads and imports) for the given variant/source (None: all).
+
+    Only the manifest's files are removed from huggingface_hub's repo folders; a repo folder left without any
+    file is removed whole.
+    """
+    root = cache_root(cache_dir)
+    removed: list[CachedFile] = []
+    for entry in manifest.entries():
+        if variant not in (None, entry.variant) or source not in (None, entry.source):
+            continue
+        found = _cached_download(entry, root, hash_now=False)
+        if found is not None:
+            _remove_download(entry, root, found.path)
+            _prune_repo_folder(root, entry)
+            removed.append(found)
+        found = _cached_import(root, entry.variant, entry.source, hash_now=False)
+        if found is not None:
+            _remove_marker(root, found.path)
+            for path in _import_paths(root, entry.variant, entry.source):
+                path.unlink(missing_ok=True)
+            removed.append(found)
+        _forget(root, entry.variant, entry.source)
+    return removed
+
+
+def _prune_repo_folder(root: Path, entry: WeightEntry) -> None:
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = root / repo_folder_name(repo_id=entry.repo_id, repo_type="model")
+    blobs = folder / "blobs"
+    if blobs.is_dir() and any(p.is_file() for p in blobs.iterdir()):
+        return  # other files of this repo (e.g. cached by transformers) stay
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(root / ".locks" / folder.name, ignore_errors=True)
+
+
+def describe_root(cache_dir: Path | None = None) -> str:
+    """Where the cache root came from, for messages: "--cache-dir / MVIT_CACHE", "HF_HUB_CACHE", ..."""
+    if cache_dir:
+        return "--cache-dir / MVIT_CACHE"
+    for name in ("MVIT_CACHE", "HF_HUB_CACHE", "HF_HOME"):
+        if os.environ.get(name):
+            return name
+    return "default"
+
+
+__all__ = [
+    "CachedFile",
+    "ImportRecord",
+    "cache_root",
+    "cached_file",
+    "clear_cache",
+    "download",
+    "endpoint",
+    "import_checkpoint",
+    "list_cache",
+    "offline_from_env",
+    "resolve_weights",
+    "sha256_file",
+]
