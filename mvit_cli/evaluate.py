@@ -1,0 +1,231 @@
+"""The evaluation loop: images -> batches -> logits -> exact top-1 / top-5 counts, on one process or many.
+
+Under `torchrun` every process evaluates its own shard of the validation set and the counts are summed with
+torch.distributed (gloo on CPU, NCCL on CUDA). Shards are strided slices of the image list: disjoint, covering
+every image exactly once whatever the number of processes (DistributedSampler pads the last shard with repeated
+images, which would count them twice).
+
+Ctrl-C stops the loop between batches: the batch being counted when it arrives is finished first, so the
+partial result, the predictions file and the failure list always describe the same images.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from mvit_cli.errors import UsageError
+from mvit_cli.evalsets import EvalSet
+from mvit_cli.metrics import Tally, top_k
+
+
+@dataclass(frozen=True)
+class Prediction:
+    position: int  # index of the image in EvalSet.items
+    path: Path
+    target: int
+    classes: tuple[int, ...]  # top-5 class indices, most likely first
+    probabilities: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Failure:
+    position: int
+    path: Path
+    reason: str
+
+
+@dataclass
+class EvalResult:
+    tally: Tally  # counts over the whole set (all processes)
+    failures: list[Failure]  # sorted by position; complete on the main process only
+    seconds: float  # wall time of the slowest process, from the first batch request to the last count
+    partial: bool  # interrupted: the counts cover only the images done so far
+    world_size: int = 1
+
+    @property
+    def images_per_second(self) -> float:
+        return self.tally.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torch.distributed job started by torchrun."""
+
+    rank: int
+    world_size: int
+    backend: str
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+# What torchrun (and any env:// launcher) sets for each process it starts.
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def start_distributed(device: str) -> tuple[Distributed | None, str]:
+    """Join the torch.distributed job when launched by torchrun (RANK, WORLD_SIZE, MASTER_* in the environment).
+
+    Returns the job (None for a plain single process) and the device this process must use: with CUDA, each
+    process takes the GPU of its LOCAL_RANK.
+    """
+    if not all(os.environ.get(name) for name in LAUNCHER_VARIABLES):
+        return None, device
+    import torch.distributed as dist
+
+    from mvit_cli import runtime
+
+    target = runtime.resolve_device(device)
+    if target.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise UsageError(f"torchrun started more processes per node than there are GPUs "
+                             f"({torch.cuda.device_count()}); use --nproc-per-node {torch.cuda.device_count()}")
+        target = torch.device("cuda", local_rank)
+        torch.cuda.set_device(target)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, init_method="env://")
+    job = Distributed(dist.get_rank(), dist.get_world_size(), backend, target)
+    return job, str(target)
+
+
+def stop_distributed(job: Distributed | None) -> None:
+    if job is not None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+ProgressCallback = Callable[[int, int, Tally], None]  # (images done incl. failed, images in this shard, counts)
+PredictionsCallback = Callable[[list[Prediction]], None]
+
+
+@dataclass
+class _ShardState:
+    tally: Tally = field(default_factory=Tally)
+    failures: list[Failure] = field(default_factory=list)
+    predictions: list[Prediction] = field(default_factory=list)
+    done: int = 0
+
+
+def evaluate(
+    eval_set: EvalSet,
+    model,  # inference.LoadedModel: `run` and `preprocessing` are used
+    batch_size: int,
+    workers: int,
+    job: Distributed | None = None,
+    on_progress: ProgressCallback | None = None,
+    on_predictions: PredictionsCallback | None = None,
+) -> EvalResult:
+    """Evaluate this process's shard of `eval_set` and, under torchrun, merge all shards.
+
+    `on_predictions` receives the per-image predictions: batch by batch in a single process; under torchrun
+    all at once on the main process (in set order, gathered from every process), so there every process must
+    pass one (or none), since each sends its shard's predictions. Ctrl-C ends the loop early and gives a
+    result marked partial instead of raising.
+    """
+    from mvit_cli.batching import iter_batches
+
+    rank, world_size = (job.rank, job.world_size) if job else (0, 1)
+    positions = list(range(rank, len(eval_set.items), world_size))  # disjoint strided shards, none padded
+    items = [eval_set.items[p] for p in positions]
+    stream_predictions = on_predictions if job is None else None
+    keep_predictions = on_predictions is not None and job is not None
+
+    state = _ShardState()
+    partial = False
+    start = time.perf_counter()
+    batches = iter_batches([item.path for item in items], model.preprocessing, batch_size, workers)
+    try:
+        for batch in batches:
+            logits = model.run(batch.images) if batch.indices else None  # [B, 3, S, S] -> [B, 1000]
+            with _interrupts_deferred():
+                new = _count(batch, logits, items, positions, state)
+                if stream_predictions and new:
+                    stream_predictions(new)
+                elif keep_predictions:
+                    state.predictions.extend(new)
+            if on_progress:
+                on_progress(state.done, len(items), state.tally)
+    except KeyboardInterrupt:
+        partial = True
+    finally:
+        close = getattr(batches, "close", None)
+        if close:
+            close()  # shuts the decoding workers down now, not at garbage collection
+    seconds = time.perf_counter() - start
+
+    if job is None:
+        return EvalResult(state.tally, state.failures, seconds, partial)
+    return _merge(job, state, seconds, partial, on_predictions if keep_predictions else None)
+
+
+def _count(batch, logits: torch.Tensor | None, items, positions: list[int], state: _ShardState) -> list[Prediction]:
+    """Add one batch to the counts; returns its predictions."""
+    for local, reason in batch.failures:
+        state.failures.append(Failure(positions[local], items[local].path, reason))
+    state.tally.failed += len(batch.failures)
+    state.done += len(batch.indices) + len(batch.failures)
+    if logits is None:
+        return []
+    targets = torch.tensor([items[i].target for i in batch.indices], dtype=torch.int64)
+    classes, probabilities = top_k(logits)
+    state.tally.add(targets, classes)
+    return [
+        Prediction(positions[local], items[local].path, items[local].target, tuple(c), tuple(p))
+        for local, c, p in zip(batch.indices, classes.tolist(), probabilities.tolist())
+    ]
+
+
+def _merge(job: Distributed, state: _ShardState, seconds: float,
+           partial: bool, on_predictions: PredictionsCallback | None) -> EvalResult:
+    """Sum the counts of all processes; the main process gets every failure and prediction, in set order."""
+    import torch.distributed as dist
+
+    state.tally.all_reduce(job.device)
+    # The slowest process sets the time; one interrupted process makes the whole result partial.
+    timing = torch.tensor([seconds, float(partial)], dtype=torch.float64, device=job.device)
+    dist.all_reduce(timing, op=dist.ReduceOp.MAX)
+    seconds, partial = float(timing[0]), bool(timing[1])
+
+    shards: list = [None] * job.world_size
+    dist.all_gather_object(shards, (state.failures, state.predictions))
+    failures = sorted((f for shard_failures, _ in shards for f in shard_failures), key=lambda f: f.position)
+    if on_predictions and job.is_main:
+        on_predictions(sorted((p for _, shard_predictions in shards for p in shard_predictions),
+                              key=lambda p: p.position))
+    return EvalResult(state.tally, failures, seconds, partial, job.world_size)
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until the block is done, then raise it.
+
+    A batch is then either fully counted (tally, failures, predictions file) or not at all.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt

@@ -1,0 +1,89 @@
+"""Top-1 / top-5 accuracy as exact integer counts, per class, mergeable across processes.
+
+Counts (not running averages) are kept so that shards evaluated by different processes add up exactly:
+one all-reduce of one int64 tensor gives the same numbers as a single process would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+TOP_K = 5
+
+
+def top_k(logits: torch.Tensor, k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most likely classes and their softmax probabilities, most likely first: [B, C] -> 2 x [B, k]."""
+    probabilities = torch.softmax(logits.double(), dim=1)  # float64: tiny probabilities stay exact enough for CSV
+    values, indices = probabilities.topk(k, dim=1)
+    return indices, values
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    index: int
+    images: int
+    top1: int  # images of this class whose top-1 prediction is right
+    top5: int  # images of this class whose true class is among the top 5
+
+
+class Tally:
+    """Per-class numbers of images, top-1 hits and top-5 hits, and the number of images that failed to decode."""
+
+    def __init__(self, num_classes: int = 1000):
+        self.per_class = torch.zeros(3, num_classes, dtype=torch.int64)  # rows: images, top-1 hits, top-5 hits
+        self.failed = 0
+
+    def add(self, targets: torch.Tensor, predicted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Count a batch: targets [B], predicted [B, k] (best first). Returns the top-1 and top-k hits, 2 x [B] bool."""
+        targets = targets.to(torch.int64)
+        hit1 = predicted[:, 0] == targets
+        hit5 = (predicted == targets[:, None]).any(dim=1)
+        update = torch.zeros_like(self.per_class)
+        update[0].index_add_(0, targets, torch.ones_like(targets))
+        update[1].index_add_(0, targets, hit1.to(torch.int64))
+        update[2].index_add_(0, targets, hit5.to(torch.int64))
+        self.per_class += update
+        return hit1, hit5
+
+    @property
+    def images(self) -> int:
+        return int(self.per_class[0].sum())
+
+    @property
+    def top1(self) -> int:
+        return int(self.per_class[1].sum())
+
+    @property
+    def top5(self) -> int:
+        return int(self.per_class[2].sum())
+
+    @property
+    def top1_percent(self) -> float:
+        return percent(self.top1, self.images)
+
+    @property
+    def top5_percent(self) -> float:
+        return percent(self.top5, self.images)
+
+    def classes(self) -> list[ClassAccuracy]:
+        """Accuracy of every class that has at least one evaluated image, by class index."""
+        images, top1, top5 = self.per_class.tolist()
+        return [ClassAccuracy(i, n, top1[i], top5[i]) for i, n in enumerate(images) if n]
+
+    def all_reduce(self, device: torch.device) -> None:
+        """Sum the counts of every process in the default torch.distributed group (collective: all ranks call it)."""
+        import torch.distributed as dist
+
+        # One flat tensor, one collective; on the device because NCCL reduces only CUDA tensors.
+        flat = torch.cat([self.per_class.flatten(), torch.tensor([self.failed], dtype=torch.int64)]).to(device)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = flat.cpu()
+        self.per_class = flat[:-1].reshape(self.per_class.shape).clone()
+        self.failed = int(flat[-1])
+
+
+def percent(part: int, whole: int) -> float:
+    """100 * part / whole, 0.0 for nothing evaluated (reported with the image count, so never misleading)."""
+    return 100.0 * part / whole if whole else 0.0

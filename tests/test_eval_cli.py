@@ -1,0 +1,238 @@
+"""`mvit eval` end to end: every layout gives exactly the counts the test computes itself.
+
+See eval_helpers.py for how the expected answers are made independent of mvit: the test runs the model on the
+image files itself and picks each image's true class from those logits (some hits, some top-5-only, some misses).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from eval_helpers import (
+    ILSVRC_ID,
+    KNOWN,
+    count_hits,
+    make_checkpoint,
+    make_val_set,
+    write_class_folders,
+    write_devkit,
+    write_kaggle,
+)
+from mvit_cli.cli.main import app
+
+N_IMAGES = 10
+JSON_KEYS = {"layout", "variant", "source", "images", "failed", "top1", "top5", "seconds", "images_per_second",
+             "published", "partial", "limit", "labels", "checkpoint"}
+
+
+@pytest.fixture(autouse=True)
+def _no_network_no_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    checkpoint = root / "xxs-random.safetensors"
+    model = make_checkpoint(checkpoint)
+    val_set = make_val_set(model, root / "staged", N_IMAGES)
+    return checkpoint, val_set, model, root
+
+
+def run_eval(*args: str):
+    return CliRunner().invoke(app, ["eval", *map(str, args)])
+
+
+def run_json(directory: Path, checkpoint: Path, *extra: str) -> tuple[dict, object]:
+    result = run_eval(directory, "--weights", checkpoint, "--format", "json", "--workers", "0", *extra)
+    assert result.exit_code in (0, 3, 130), result.output
+    return json.loads(result.stdout), result
+
+
+def assert_counts(summary: dict, images: int, top1: int, top5: int) -> None:
+    assert summary["images"] == images
+    assert summary["top1"] == pytest.approx(100.0 * top1 / images, abs=1e-9)
+    assert summary["top5"] == pytest.approx(100.0 * top5 / images, abs=1e-9)
+
+
+def test_expected_answers_have_teeth(setup):
+    _, val_set, _, _ = setup
+    top1, top5 = val_set.expected
+    assert 0 < top1 < top5 < N_IMAGES
+    # An image/label misalignment (labels shifted by one) would change the counts.
+    shifted = val_set.targets[1:] + val_set.targets[:1]
+    assert count_hits(val_set.logits, shifted) != (top1, top5)
+
+
+@pytest.mark.parametrize("layout", ["folders", "devkit", "kaggle"])
+def test_each_layout_gives_the_exact_counts(setup, layout, tmp_path):
+    checkpoint, val_set, _, _ = setup
+    writer = {"folders": write_class_folders, "devkit": write_devkit, "kaggle": write_kaggle}[layout]
+    directory = writer(val_set, tmp_path / "data")
+    summary, result = run_json(directory, checkpoint)
+    assert result.exit_code == 0, result.output
+    top1, top5 = val_set.expected
+    assert_counts(summary, N_IMAGES, top1, top5)
+    assert set(summary) == JSON_KEYS
+    assert (summary["layout"], summary["variant"], summary["source"], summary["failed"]) == (layout, "xxs", "timm", 0)
+    assert summary["partial"] is False and summary["limit"] is None
+    assert summary["published"]["timm"]["top1"] == 68.936 and summary["published"]["timm"]["top5"] == 88.942
+    assert summary["seconds"] > 0 and summary["images_per_second"] > 0
+
+
+def test_devkit_numbers_are_read_in_devkit_class_order(setup, tmp_path):
+    """ILSVRC2012_ID k is not output index k - 1: reading it so would give no hit at all here."""
+    checkpoint, val_set, _, _ = setup
+    assert all(ilsvrc - 1 != index for _, index, ilsvrc in KNOWN)
+    wrong = [ILSVRC_ID[t] - 1 for t in val_set.targets]
+    assert count_hits(val_set.logits, wrong) == (0, 0)
+    directory = write_devkit(val_set, tmp_path / "data")
+    labels = directory.parent / "ILSVRC2012_validation_ground_truth.txt"
+    moved = tmp_path / "elsewhere" / "gt.txt"
+    moved.parent.mkdir()
+    labels.rename(moved)
+    summary, result = run_json(directory, checkpoint, "--labels", moved)
+    assert result.exit_code == 0, result.output
+    assert_counts(summary, N_IMAGES, *val_set.expected)
+    assert summary["labels"] == str(moved)
+
+
+def test_flat_folder_without_labels_is_refused(setup, tmp_path):
+    checkpoint, val_set, _, _ = setup
+    directory = write_devkit(val_set, tmp_path / "data")
+    (directory.parent / "ILSVRC2012_validation_ground_truth.txt").unlink()
+    result = run_eval(directory, "--weights", checkpoint, "--format", "json")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    message = result.stderr.strip()
+    assert message.startswith("mvit: error:") and "\n" not in message and "Traceback" not in message
+    for needle in ("WordNet id", "ILSVRC2012_validation_ground_truth.txt", "LOC_val_solution.csv", "--labels"):
+        assert needle in message
+
+
+def test_corrupt_images_are_counted_as_failed_and_exit_3(setup, tmp_path):
+    checkpoint, val_set, _, _ = setup
+    directory = write_class_folders(val_set, tmp_path / "data")
+    good = val_set.files[0].read_bytes()
+    first_class = directory / sorted(p.name for p in directory.iterdir())[0]
+    (first_class / "truncated.JPEG").write_bytes(good[: len(good) // 3])
+    (first_class / "text.JPEG").write_text("this is not a picture")
+    summary, result = run_json(directory, checkpoint, "--workers", "2", "--batch-size", "3")
+    assert result.exit_code == 3, result.output
+    assert summary["failed"] == 2
+    assert_counts(summary, N_IMAGES, *val_set.expected)  # the failed images are left out of the accuracy
+    assert "truncated.JPEG" in result.stderr and "text.JPEG" in result.stderr
+    assert "left out of the accuracy" in result.stderr
+
+
+def test_table_output(setup, tmp_path):
+    checkpoint, val_set, _, _ = setup
+    directory = write_kaggle(val_set, tmp_path / "data")
+    result = run_eval(directory, "--weights", checkpoint, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    top1, top5 = val_set.expected
+    text = " ".join(result.stdout.split())
+    for needle in ("Kaggle", "xxs", "timm", f"{100 * top1 / N_IMAGES:.2f} %", f"{100 * top5 / N_IMAGES:.2f} %",
+                   "68.94", "88.94", "images/s"):
+        assert needle in text, needle
+
+
+def test_predictions_and_per_class_files(setup, tmp_path):
+    checkpoint, val_set, _, _ = setup
+    directory = write_devkit(val_set, tmp_path / "data")
+    predictions, per_class = tmp_path / "predictions.csv", tmp_path / "per_class.csv"
+    summary, result = run_json(directory, checkpoint, "--predictions", predictions, "--per-class", per_class)
+    assert result.exit_code == 0, result.output
+
+    rows = list(csv.DictReader(io.StringIO(predictions.read_text())))
+    assert [Path(r["path"]).name for r in rows] == [f.name for f in val_set.files]
+    assert [int(r["target"]) for r in rows] == val_set.targets
+    expected_top5 = val_set.logits.topk(5, dim=1).indices.tolist()
+    assert [[int(r[f"top{k}"]) for k in range(1, 6)] for r in rows] == expected_top5
+    probabilities = val_set.logits.softmax(dim=1).topk(5, dim=1).values
+    got = [float(r[f"prob{k}"]) for r in rows for k in range(1, 6)]
+    assert got == pytest.approx(probabilities.flatten().tolist(), rel=1e-4)
+
+    classes = {int(r["index"]): r for r in csv.DictReader(io.StringIO(per_class.read_text()))}
+    assert set(classes) == set(val_set.targets)
+    for index, row in classes.items():
+        mine = [i for i, t in enumerate(val_set.targets) if t == index]
+        top1, top5 = count_hits(val_set.logits[mine], [index] * len(mine))
+        assert (int(row["images"]), int(row["top1_correct"]), int(row["top5_correct"])) == (len(mine), top1, top5)
+        assert row["wnid"] == dict((i, w) for w, i, _ in KNOWN)[index]
+        assert row["top1"] == f"{100 * top1 / len(mine):.2f}"
+
+
+def test_limit_takes_a_class_balanced_subset(setup, tmp_path):
+    checkpoint, val_set, _, _ = setup
+    directory = write_class_folders(val_set, tmp_path / "data")
+    predictions = tmp_path / "p.csv"
+    summary, result = run_json(directory, checkpoint, "--limit", "4", "--predictions", predictions)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(predictions.read_text())))
+    assert summary["images"] == 4 and summary["limit"] == 4 and len(rows) == 4
+    targets = [int(r["target"]) for r in rows]
+    assert len(set(targets)) == min(4, len(set(val_set.targets)))
+    chosen = [[f.name for f in val_set.files].index(Path(r["path"]).name) for r in rows]
+    assert_counts(summary, 4, *count_hits(val_set.logits[chosen], [val_set.targets[i] for i in chosen]))
+
+
+def test_unknown_class_folder_is_named(setup, tmp_path):
+    checkpoint, val_set, _, _ = setup
+    directory = write_class_folders(val_set, tmp_path / "data")
+    (directory / "n99999999").mkdir()
+    result = run_eval(directory, "--weights", checkpoint)
+    assert result.exit_code == 1 and "n99999999" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_has_examples():
+    result = run_eval("--help")
+    assert result.exit_code == 0 and "Examples" in result.stdout and "torchrun" in result.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_a_partial_result(setup, tmp_path):
+    """A real Ctrl-C (SIGINT to the whole process group, decoding workers included) mid-run."""
+    checkpoint, _, model, root = setup
+    val_set = make_val_set(model, tmp_path / "staged", 40, seed=1)
+    directory = write_class_folders(val_set, tmp_path / "data")
+    predictions = tmp_path / "p.csv"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mvit_cli", "eval", str(directory), "--weights", str(checkpoint), "--format", "json",
+         "--batch-size", "1", "--workers", "1", "--predictions", str(predictions)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if predictions.exists() and len(predictions.read_text().splitlines()) >= 3:  # header + 2 rows
+                break
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    summary = json.loads(stdout)
+    rows = list(csv.DictReader(io.StringIO(predictions.read_text())))
+    assert summary["partial"] is True and "partial" in stderr and "Traceback" not in stderr
+    assert 2 <= summary["images"] == len(rows) < 40
+    done = [[f.name for f in val_set.files].index(Path(r["path"]).name) for r in rows]
+    assert_counts(summary, len(rows), *count_hits(val_set.logits[done], [val_set.targets[i] for i in done]))

@@ -1,0 +1,109 @@
+"""`torchrun --nproc-per-node 2 -m mvit_cli eval DIR` (gloo, CPU, loopback) equals the single-process run.
+
+An odd number of images (so the two shards differ in size) and one corrupt image: the all-reduced counts, the
+failure count, the gathered predictions and per-class files must equal those of one process exactly, and the
+counts must equal the test's own.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval_helpers import make_checkpoint, make_val_set, write_class_folders
+
+N_IMAGES = 9  # odd: shards of 5 and 4 (plus the corrupt one)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def environment(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                              "MASTER_PORT")}
+    env.update(HF_HOME=str(tmp_path / "hf"), MVIT_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1",
+               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if Path("/sys/class/net/lo").exists():
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # stay on loopback whatever the host name resolves to
+    return env
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    checkpoint = root / "xxs-random.safetensors"
+    model = make_checkpoint(checkpoint, seed=3)
+    val_set = make_val_set(model, root / "staged", N_IMAGES, seed=3)
+    directory = write_class_folders(val_set, root / "val")
+    corrupt_class = sorted(directory.iterdir())[-1]
+    (corrupt_class / "corrupt.JPEG").write_bytes(val_set.files[0].read_bytes()[:200])
+
+    def run(name: str, launcher: list[str]) -> dict:
+        out = root / name
+        out.mkdir()
+        command = [*launcher, "-m", "mvit_cli", "eval", str(directory), "--weights", str(checkpoint),
+                   "--format", "json", "--workers", "0", "--batch-size", "2", "--device", "cpu",
+                   "--predictions", str(out / "predictions.csv"), "--per-class", str(out / "per_class.csv")]
+        done = subprocess.run(command, capture_output=True, text=True, env=environment(root), timeout=240)
+        return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "out": out}
+
+    single = run("single", [sys.executable])
+    torchrun = run("torchrun", [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+                                "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                                "--master-port", str(free_port())])
+    return val_set, single, torchrun
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(runs):
+    val_set, single, torchrun = runs
+    assert single["returncode"] == 3, single["stderr"]
+    # torchrun exits 1 whenever a process exits non-zero; its summary names the process's own code, 3.
+    assert torchrun["returncode"] == 1 and re.search(r"exitcode\s*:\s*3", torchrun["stderr"]), torchrun["stderr"]
+    one, two = json.loads(single["stdout"]), json.loads(torchrun["stdout"])  # rank 1 printed nothing
+    top1, top5 = val_set.expected
+    for summary in (one, two):
+        assert (summary["images"], summary["failed"]) == (N_IMAGES, 1)
+        assert summary["top1"] == pytest.approx(100.0 * top1 / N_IMAGES, abs=1e-9)
+        assert summary["top5"] == pytest.approx(100.0 * top5 / N_IMAGES, abs=1e-9)
+    timing = ("seconds", "images_per_second")
+    assert {k: v for k, v in one.items() if k not in timing} == {k: v for k, v in two.items() if k not in timing}
+
+
+@pytest.mark.slow
+def test_gathered_files_are_complete_and_equal(runs):
+    val_set, single, torchrun = runs
+    one = read_csv(single["out"] / "predictions.csv")
+    two = read_csv(torchrun["out"] / "predictions.csv")
+    assert len(one) == len(two) == N_IMAGES
+    assert len({r["path"] for r in two}) == N_IMAGES  # every image once, none twice
+    columns = ["path", "target", "top1", "top2", "top3", "top4", "top5"]
+    assert [[r[c] for c in columns] for r in one] == [[r[c] for c in columns] for r in two]
+    for a, b in zip(one, two):
+        assert [float(a[f"prob{k}"]) for k in range(1, 6)] == pytest.approx(
+            [float(b[f"prob{k}"]) for k in range(1, 6)], rel=1e-5)
+    assert (single["out"] / "per_class.csv").read_text() == (torchrun["out"] / "per_class.csv").read_text()
+
+
+@pytest.mark.slow
+def test_only_rank_zero_reports(runs):
+    _, _, torchrun = runs
+    assert f"evaluating {N_IMAGES + 1} images on 2 processes (torch.distributed, gloo)" in torchrun["stderr"]
+    assert torchrun["stderr"].count("corrupt.JPEG") == 1
+    assert "mvit_cli/" not in torchrun["stderr"]  # no traceback from mvit (torchrun prints its own summary)
