@@ -73,7 +73,11 @@ def _calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> None:
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the calibration pass
-    model.train()
+    # Only the BatchNorms in training mode: dropout (transformers' configs have some) must stay off, or the
+    # statistics would depend on the global RNG and differ from run to run (and from eval-time activations).
+    model.eval()
+    for m in norms:
+        m.train()
     model(images)
     for m in norms:
         m.momentum = 0.1

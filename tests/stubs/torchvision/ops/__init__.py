@@ -1,0 +1,1 @@
+"""Stub of torchvision.ops (see torchvision/__init__.py)."""
