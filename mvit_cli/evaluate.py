@@ -150,7 +150,10 @@ def evaluate(
     state = _ShardState()
     partial = False
     start = time.perf_counter()
-    batches = iter_batches([item.path for item in items], model.preprocessing, batch_size, workers)
+    # The published numbers were measured on the stored pixels: timm's and transformers' evaluation never apply
+    # EXIF orientation, so neither does eval (classify does, since there the photo as displayed matters).
+    batches = iter_batches([item.path for item in items], model.preprocessing, batch_size, workers,
+                           exif_transpose=False)
     try:
         for batch in batches:
             logits = model.run(batch.images) if batch.indices else None  # [B, 3, S, S] -> [B, 1000]

@@ -236,3 +236,31 @@ def test_ctrl_c_prints_a_partial_result(setup, tmp_path):
     assert 2 <= summary["images"] == len(rows) < 40
     done = [[f.name for f in val_set.files].index(Path(r["path"]).name) for r in rows]
     assert_counts(summary, len(rows), *count_hits(val_set.logits[done], [val_set.targets[i] for i in done]))
+
+
+def test_exif_orientation_is_ignored_like_the_reference_pipelines(setup, tmp_path):
+    # timm's evaluation (which produced the published numbers) decodes with Image.open(...).convert("RGB") and
+    # never applies EXIF orientation; eval must see the stored pixels too, or tagged photos are scored rotated.
+    from PIL import Image, ImageOps
+
+    from eval_helpers import logits_of_files, make_pictures
+
+    checkpoint, _, model, _ = setup
+    stored = make_pictures(1, seed=7)[0].resize((96, 64))  # not square: a 90-degree turn changes the crop
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "val" / "n02124075" / "ILSVRC2012_val_00000001.JPEG"
+    path.parent.mkdir(parents=True)
+    stored.save(path, quality=95, exif=exif)
+    upright = tmp_path / "upright.png"
+    ImageOps.exif_transpose(Image.open(path)).save(upright)  # the same decoded pixels, turned for display
+
+    as_stored, as_displayed = logits_of_files(model, [path, upright]).softmax(dim=1)
+    assert (as_stored - as_displayed).abs().max() > 1e-2  # the two readings are told apart below
+
+    predictions = tmp_path / "predictions.csv"
+    _, result = run_json(tmp_path / "val", checkpoint, "--predictions", predictions)
+    assert result.exit_code == 0, result.output
+    (row,) = csv.DictReader(io.StringIO(predictions.read_text()))
+    top5 = [int(row[f"top{k}"]) for k in range(1, 6)]
+    assert [float(row[f"prob{k}"]) for k in range(1, 6)] == pytest.approx(as_stored[top5].tolist(), abs=1e-5)
