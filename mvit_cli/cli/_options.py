@@ -64,3 +64,18 @@ BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1
 WorkersOpt = Annotated[
     Optional[int], typer.Option("--workers", "-j", min=0, help="Image-decoding worker processes (0: decode inline).")
 ]
+
+
+class Backend(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
+BackendOpt = Annotated[
+    Backend,
+    typer.Option(
+        "--backend",
+        help="How the model runs on the CPU: torch (default) or onnxruntime (optional: pip install "
+        "'mvit-cli\\[onnx]'; its ONNX export is cached next to the weights).",
+    ),
+]

@@ -1,9 +1,88 @@
-"""`mvit export` (placeholder: filled in by its issue)."""
+"""`mvit export`: the model as an ONNX or TorchScript file, checked against the PyTorch model."""
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+
+from mvit_cli.cli._options import CacheDirOpt, OfflineOpt, SourceOpt, Variant, WeightsOpt
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("export")(export_command)
+
+
+def export_command(
+    variant: Annotated[
+        Optional[Variant],
+        typer.Option("--variant", "-m", help="Model variant: xxs, xs or s \\[default: s, or the one in --weights]."),
+    ] = None,
+    export_format: Annotated[
+        ExportFormat, typer.Option("--format", "-f", help="onnx (opset 17) or torchscript (torch.jit.load).")
+    ] = ExportFormat.onnx,
+    output_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output", "-o", dir_okay=False, help="File to write \\[default: mobilevit_<variant>.onnx or .pt here]."
+        ),
+    ] = None,
+    weights: WeightsOpt = None,
+    source: SourceOpt = None,
+    input_size: Annotated[
+        int, typer.Option("--input-size", min=32, max=2048, help="Square input side the export is made for.")
+    ] = 256,
+    no_check: Annotated[bool, typer.Option("--no-check", help="Skip reloading the file to compare its logits.")] = False,
+    cache_dir: CacheDirOpt = None,
+    offline: OfflineOpt = False,
+) -> None:
+    """Export a variant, weights included, as ONNX or TorchScript, for use outside mvit.
+
+    The file takes float32 RGB images in [0, 1] (resized and centre-cropped as `mvit info` shows; MobileViT
+    uses no mean/std normalisation), shape [B, 3, S, S] with S = --input-size and any batch size B (ONNX:
+    input "images", output "logits"). BatchNorm is folded into the convolutions. An export is specialised to
+    its input size (MobileViT resizes feature maps whose side is not a multiple of the patch size, decided
+    from the shape): export once per size you need.
+
+    After writing, the file is loaded back (onnxruntime for ONNX when installed, torch.jit.load for
+    TorchScript) and its logits are compared with the PyTorch model's; the largest difference is printed.
+    Weights as for classify: --weights, or the cache (downloaded when missing unless --offline).
+
+    Examples:
+
+      mvit export --variant xxs --format onnx
+
+      mvit export -m s -f torchscript -o mobilevit_s.pt
+
+      mvit export --weights my_finetune.safetensors --input-size 320 -o my_320.onnx
+    """
+    from mvit_cli import export, inference, output
+
+    model = inference.load_model(
+        variant.value if variant else None,
+        source.value if source else None,
+        weights,
+        "cpu",
+        cache_dir=cache_dir,
+        offline=offline,
+        progress=output.progress_enabled(),
+    )
+    fmt = export_format.value
+    path = output_file or Path(f"mobilevit_{model.variant}{SUFFIX[fmt]}")
+    result = export.export(model.module, fmt, path, input_size, input_size, verify=not no_check)
+    typer.echo(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB): MobileViT-{model.variant.upper()} as {fmt}, "
+               f"input [B, 3, {input_size}, {input_size}] float32 RGB in [0, 1]")
+    if result.max_abs_diff is not None:
+        typer.echo(f"checked with {result.checked_with}: max |logit difference| vs PyTorch {result.max_abs_diff:.2e}")
+    elif not no_check:
+        output.warn("not checked: onnxruntime is not installed (pip install 'mvit-cli[onnx]')")

@@ -1,9 +1,119 @@
-"""`mvit info` (placeholder: filled in by its issue)."""
+"""`mvit info`: what a variant is and what it costs, where its weights come from, how accurate it is."""
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import Annotated, Any, Optional
+
 import typer
+
+from mvit_cli.cli._options import CacheDirOpt, Source, SourceOpt, Variant
+
+
+class InfoFormat(str, Enum):
+    table = "table"
+    json = "json"
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("info")(info_command)
+
+
+def info_command(
+    variant: Annotated[Variant, typer.Option("--variant", "-m", help="Model variant: xxs, xs or s.")] = Variant.s,
+    source: SourceOpt = None,
+    input_size: Annotated[
+        Optional[int],
+        typer.Option("--input-size", min=32, max=4096, help="Square input side for the FLOPs and feature map sizes "
+                     "\\[default: the source's crop size, 256]."),
+    ] = None,
+    output_format: Annotated[
+        InfoFormat, typer.Option("--format", "-f", help="table (for people) or json (for programs).")
+    ] = InfoFormat.table,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Describe a variant: stage table, exact parameter count, GFLOPs, preprocessing, weight file and
+    published accuracy. Never touches the network.
+
+    GFLOPs count 2 x the multiply-accumulates of convolutions, linear layers and the attention matmuls for
+    one image at the input size (norms, activations, softmax and resizing excluded; halve for GMACs).
+    "cached" says whether the weight file is in the cache (path and size) or would be downloaded on first use.
+
+    JSON keys: variant, name, input_size, parameters, gflops, flops, flops_by_kind, flops_convention, stages
+    (stage, blocks, channels, stride, output_size, transformer_dim, transformer_depth, heads, patch, mlp_dim),
+    source, preprocessing, weights (repo, revision, file, sha256, sha256_origin, size_bytes, size, format,
+    license, url), cached (path, bytes, or null), published (per origin: top1, top5, reference ...).
+
+    Examples:
+
+      mvit info
+
+      mvit info --variant xxs --format json
+
+      mvit info -m s --source apple --input-size 320
+    """
+    from mvit_cli import output
+    from mvit_cli.info import variant_info
+
+    info = variant_info(variant.value, (source or Source.timm).value, input_size, cache_dir)
+    if output_format is InfoFormat.json:
+        output.write_json(info)
+        return
+    _print_tables(info)
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _print_tables(info: dict[str, Any]) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from mvit_cli import output
+
+    console = output.stdout_console()
+    height, width = info["input_size"]
+    console.print(
+        f"[bold]{info['name']}[/bold]: {info['parameters']:,} parameters, {info['gflops']:.2f} GFLOPs per "
+        f"{height}x{width} image (2 x multiply-accumulates of convs, linears, attention)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    stages = Table(title="Stages (ch: output channels, out: feature map; dim..mlp: the transformer)", title_justify="left",
+                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in ("stage", "blocks", "ch", "stride", "out", "dim", "depth", "heads", "patch", "mlp"):
+        stages.add_column(column, justify="left" if column in ("stage", "blocks") else "right", no_wrap=True)
+    for row in info["stages"]:
+        stages.add_row(
+            row["stage"], row["blocks"], str(row["channels"]), str(row["stride"]),
+            "x".join(str(n) for n in row["output_size"]), _dash(row["transformer_dim"]),
+            _dash(row["transformer_depth"]), _dash(row["heads"]), _dash(row["patch"]), _dash(row["mlp_dim"]),
+        )
+    console.print(stages)
+
+    p = info["preprocessing"]
+    w = info["weights"]
+    details = Table(show_header=False, title="Weights and input", title_justify="left")
+    details.add_column(style="bold")
+    details.add_column(overflow="fold")
+    details.add_row("source", info["source"])
+    details.add_row(
+        "preprocessing",
+        f"resize shorter side to {p['resize_shorter']} ({p['interpolation']}), centre crop {p['crop_size']}, "
+        f"RGB in [0, 1], mean {list(p['mean'])} std {list(p['std'])}",
+    )
+    details.add_row("repo", f"{w['repo']} @ {w['revision']}")
+    details.add_row("file", f"{w['file']} ({w['size']}, {w['format']} format, {w['license']})")
+    details.add_row("sha256", f"{w['sha256'] or 'checked against the hub LFS sha256 on download'}")
+    cached = info["cached"]
+    details.add_row("cached", "no (downloaded on first use)" if cached is None
+                    else f"yes: {cached['path']} ({cached['bytes'] / 1e6:.1f} MB)")
+    console.print(details)
+
+    accuracy = Table(title="Published ImageNet-1k accuracy", title_justify="left")
+    for column in ("by", "top-1 %", "top-5 %", "reference"):
+        accuracy.add_column(column)
+    for origin, values in info["published"].items():
+        accuracy.add_row(origin, _dash(values.get("top1")), _dash(values.get("top5")), _dash(values.get("reference")))
+    console.print(accuracy)

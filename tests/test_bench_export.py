@@ -1,0 +1,115 @@
+"""`mvit bench` (its JSON report) and `mvit export` (files that load back and give the model's logits)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import safetensors.torch
+import torch
+from typer.testing import CliRunner
+
+from mvit_cli import benchmark
+from mvit_cli.cli.main import app
+from mvit_cli.model import build_model
+from randomize import randomize_, structured_images
+
+BENCH_KEYS = {"variant", "batch_size", "backend", "latency_ms", "images_per_second", "setup_s", "weights",
+              "latency_ms_p10", "latency_ms_p90", "images_per_second_p10", "images_per_second_p90", "device"}
+
+
+@pytest.fixture(autouse=True)
+def empty_cache(tmp_path, monkeypatch):
+    """No cached weights, no network: bench must fall back to random weights without downloading."""
+    monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return randomize_(build_model("xxs"), seed=9)
+
+
+@pytest.fixture(scope="module")
+def weights(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "xxs.safetensors"
+    safetensors.torch.save_file(model.state_dict(), str(path),
+                                metadata={"format": "mvit", "variant": "xxs", "source": "timm"})
+    return path
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+QUICK = ("--input-size", "64", "--warmup", "0", "--repetitions", "2", "--min-seconds", "0")
+
+
+def test_bench_json_without_weights_uses_random_weights():
+    result = invoke("bench", "--variant", "xxs", "--batch-size", "2", "--format", "json", *QUICK)
+    report = json.loads(result.stdout)
+    assert BENCH_KEYS <= report.keys()
+    assert report["variant"] == "xxs" and report["batch_size"] == 2 and report["backend"] == "torch"
+    assert report["weights"] == "random" and report["input_size"] == [64, 64]
+    assert report["latency_ms"] > 0 and report["setup_s"] > 0
+    # images/s is per call: the median lies within its own spread, and agrees with the median latency.
+    assert report["images_per_second_p10"] <= report["images_per_second"] <= report["images_per_second_p90"]
+    assert report["images_per_second"] == pytest.approx(2000 / report["latency_ms"], rel=0.5)
+
+
+def test_bench_with_weights_reports_the_file(weights):
+    result = invoke("bench", "--weights", str(weights), "--batch-size", "1", "--format", "json", *QUICK)
+    report = json.loads(result.stdout)
+    assert report["weights"] == str(weights) and report["variant"] == "xxs"
+
+
+def test_bench_table_says_when_weights_are_random():
+    result = invoke("bench", "--variant", "xxs", "-b", "1", *QUICK)
+    assert "random" in result.stdout and "images/s" in result.stdout
+
+
+def test_bench_onnxruntime_backend(weights):
+    pytest.importorskip("onnxruntime")
+    result = invoke("bench", "--weights", str(weights), "-b", "2", "--backend", "onnxruntime", "-f", "json", *QUICK)
+    assert json.loads(result.stdout)["backend"] == "onnxruntime"
+
+
+def test_random_bench_weights_give_image_dependent_finite_logits():
+    # Default initialisation would give (near) constant logits and denormal activations; bench's must not.
+    m = benchmark.random_model("xxs", seed=1)
+    with torch.no_grad():
+        logits = m(structured_images(2, 64, seed=3))
+    assert torch.isfinite(logits).all()
+    assert logits.std() > 0.05 and (logits[0] - logits[1]).abs().max() > 1e-3
+
+
+def test_export_onnx_round_trip(model, weights, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "m.onnx"
+    result = invoke("export", "--weights", str(weights), "--format", "onnx", "--output", str(out), "--input-size", "96")
+    assert out.is_file() and "max |logit difference|" in result.stdout
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = structured_images(3, 96, seed=4)  # batch 3: the batch axis is dynamic
+    logits = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    with torch.no_grad():
+        assert (logits - model(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_export_torchscript_round_trip_at_a_size_that_resizes_inside(model, weights, tmp_path):
+    out = tmp_path / "m.pt"
+    invoke("export", "--weights", str(weights), "--format", "torchscript", "--output", str(out), "--input-size", "97")
+    loaded = torch.jit.load(str(out))
+    x = structured_images(3, 97, seed=5)
+    with torch.no_grad():
+        assert (loaded(x) - model(x)).abs().max() <= 1e-4
+
+
+def test_export_default_name_is_in_the_working_directory(weights, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    invoke("export", "--weights", str(weights), "--format", "torchscript", "--input-size", "64", "--no-check")
+    assert (tmp_path / "mobilevit_xxs.pt").is_file()

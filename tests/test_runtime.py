@@ -1,0 +1,209 @@
+"""The optimised ways of running the model (runtime.prepare) give the plain model's logits, for every backend,
+batch size and input size, including sizes that are not multiples of the patch and odd ones."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from mvit_cli import runtime
+from mvit_cli.errors import UsageError
+from mvit_cli.model import build_model
+from randomize import randomize_, structured_images
+
+TOLERANCE = 1e-4
+
+# (batch, height, width): 64 and 128 need no resize inside; 224 resizes stage 5 (7x7 -> 8x8); 97 and 80x112 are
+# odd / non-square and resize at several stages. Batch > 1 goes through the one-image-per-core path.
+SHAPES = [(1, 64, 64), (3, 64, 64), (2, 97, 97), (2, 80, 112), (1, 224, 224), (3, 128, 128)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return randomize_(build_model("xxs"), seed=5)
+
+
+@pytest.fixture(scope="module")
+def torch_runner(model):
+    return runtime.TorchCpuRunner(model, threads=2)
+
+
+def reference(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_torch_cpu_runner_matches_the_plain_model(model, torch_runner, shape):
+    b, h, w = shape
+    x = structured_images(b, 256, seed=b + h)[:, :, :h, :w].contiguous()
+    out = torch_runner(x)
+    assert out.shape == (b, 1000) and out.dtype == torch.float32 and out.device.type == "cpu"
+    assert (out - reference(model, x)).abs().max() <= TOLERANCE
+    # The second call at the same shape runs the cached trace: still exact.
+    assert (torch_runner(x) - reference(model, x)).abs().max() <= TOLERANCE
+
+
+def test_each_image_gets_its_own_logits_in_order(model, torch_runner):
+    # A batch split across cores must come back in input order, not in completion order.
+    x = structured_images(5, 64, seed=11)
+    out = torch_runner(x)
+    for i in range(5):
+        assert (out[i] - reference(model, x[i : i + 1])[0]).abs().max() <= TOLERANCE
+
+
+def test_single_threaded_runner_and_untraced_runner_match(model):
+    x = structured_images(2, 64, seed=2)
+    for runner in (runtime.TorchCpuRunner(model, threads=1), runtime.TorchCpuRunner(model, trace=False)):
+        assert (runner(x) - reference(model, x)).abs().max() <= TOLERANCE
+
+
+def test_per_core_pool_leaves_the_callers_thread_count_alone(model):
+    before = torch.get_num_threads()
+    runtime.TorchCpuRunner(model, threads=2)(structured_images(4, 64, seed=3))
+    assert torch.get_num_threads() == before
+
+
+def test_per_core_pool_threads_stay_single_threaded_after_running(model):
+    # Regression: ATen's lazy per-thread init used to reset pool threads to the process default on their first
+    # op, so every pool thread ran its own multi-threaded OpenMP team (oversubscribed cores, 2.6x slower).
+    runner = runtime.TorchCpuRunner(model, threads=2)
+    runner(structured_images(4, 64, seed=3))
+    assert runner._pool.worker_thread_counts() == [1, 1]
+
+
+def test_empty_batch_gives_empty_logits(torch_runner):
+    assert torch_runner(torch.empty(0, 3, 64, 64)).shape == (0, 1000)
+
+
+def test_non_float32_input_is_converted(model, torch_runner):
+    x = structured_images(1, 64, seed=4)
+    out = torch_runner(x.double())
+    assert out.dtype == torch.float32
+    assert (out - reference(model, x)).abs().max() <= TOLERANCE
+
+
+def test_preparing_leaves_the_given_model_untouched(model):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    runtime.prepare(model, torch.device("cpu"))(structured_images(1, 64))
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_fold_batchnorm_removes_every_batchnorm_and_stays_exact(model):
+    folded = runtime.fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = structured_images(2, 96, seed=6)
+    with torch.no_grad():
+        assert (folded(x) - reference(model, x)).abs().max() <= TOLERANCE
+
+
+def test_eager_runner_matches(model):
+    # The CUDA / MPS path (eager, channels_last), exercised on the CPU.
+    runner = runtime.EagerRunner(model, torch.device("cpu"))
+    x = structured_images(2, 97, seed=7)
+    assert (runner(x) - reference(model, x)).abs().max() <= TOLERANCE
+
+
+def test_unknown_backend_is_a_usage_error(model):
+    with pytest.raises(UsageError, match="backend"):
+        runtime.prepare(model, torch.device("cpu"), "tensorrt")
+
+
+def test_onnxruntime_backend_refuses_other_devices(model):
+    with pytest.raises(UsageError, match="CPU only"):
+        runtime.prepare(model, torch.device("cuda"), "onnxruntime")
+
+
+def test_missing_onnxruntime_is_a_clear_usage_error(model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
+    with pytest.raises(UsageError, match=r"pip install 'mvit-cli\[onnx\]'"):
+        runtime.prepare(model, torch.device("cpu"), "onnxruntime")
+
+
+def test_missing_onnx_package_is_a_clear_usage_error(model, monkeypatch, tmp_path):
+    from mvit_cli import export
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(UsageError, match=r"onnx package; install it with: pip install 'mvit-cli\[onnx\]'"):
+        export.export_onnx(model, tmp_path / "m.onnx", 64, 64)
+
+
+def test_default_batch_size_and_workers_are_sane():
+    assert runtime.default_batch_size(torch.device("cpu")) >= 1
+    assert runtime.default_batch_size(torch.device("cuda")) >= runtime.default_batch_size(torch.device("cpu"))
+    assert 1 <= runtime.default_workers() <= 4
+
+
+# ------------------------------------------------------------------------------------------------ onnxruntime
+
+@pytest.fixture(scope="module")
+def needs_onnxruntime():
+    pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def weights_file(model, tmp_path_factory, needs_onnxruntime):
+    import safetensors.torch
+
+    path = tmp_path_factory.mktemp("weights") / "xxs.safetensors"
+    safetensors.torch.save_file(model.state_dict(), str(path), metadata={"format": "mvit", "variant": "xxs",
+                                                                      "source": "timm"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def ort_runner(model, weights_file):
+    return runtime.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=weights_file)
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 64), (3, 64, 64), (2, 97, 97)], ids=lambda s: "x".join(map(str, s)))
+def test_onnxruntime_runner_matches_the_plain_model(model, ort_runner, shape):
+    b, h, w = shape
+    x = structured_images(b, 128, seed=h)[:, :, :h, :w].contiguous()
+    out = ort_runner(x)
+    assert out.shape == (b, 1000) and out.dtype == torch.float32
+    assert (out - reference(model, x)).abs().max() <= TOLERANCE
+
+
+def test_onnx_export_is_cached_next_to_the_weights_and_reused(model, weights_file, ort_runner):
+    ort_runner(structured_images(1, 64))
+    path, reused = ort_runner.exports[(64, 64)]
+    assert path.parent == weights_file.parent / "mvit-exports" and path.suffix == ".onnx"
+    again = runtime.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=weights_file)
+    again(structured_images(1, 64))
+    assert again.exports[(64, 64)] == (path, True)
+
+
+def test_a_changed_weights_file_gets_a_new_export(model, tmp_path, needs_onnxruntime):
+    import os
+
+    import safetensors.torch
+
+    weights = tmp_path / "w.safetensors"
+    safetensors.torch.save_file(model.state_dict(), str(weights))
+    first = runtime.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=weights)
+    first(structured_images(1, 64))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # "rewritten" a second later
+    second = runtime.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=weights)
+    second(structured_images(1, 64))
+    (old, _), (new, reused) = first.exports[(64, 64)], second.exports[(64, 64)]
+    assert new != old and not reused
+
+
+def test_cuda_calls_compute_in_full_float32_and_restore_the_flags():
+    # The flags are plain settings, so this runs without a GPU: inside a CUDA call TF32 is off, afterwards the
+    # user's choice is back.
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, True
+        with runtime._full_float32(torch.device("cuda")):
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
