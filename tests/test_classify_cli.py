@@ -327,3 +327,22 @@ def test_table_shows_paths_verbatim_even_with_brackets(setup, tmp_path, monkeypa
     assert few.exit_code == many.exit_code == 0
     assert "[bold]cat.jpg" in few.stdout
     assert "[bold]cat.jpg" in many.stdout
+
+
+def test_onnxruntime_backend_gives_the_models_probabilities(setup, tmp_path):
+    pytest.importorskip("onnxruntime")
+    root, _, model, _ = setup
+    # A copy of the checkpoint in its own folder: the backend caches its ONNX export next to the weights.
+    checkpoint = tmp_path / "weights" / "xxs.safetensors"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(setup[1].read_bytes())
+    images = [root / "corpus" / "upright.jpg", root / "corpus" / "png_named.jpg"]
+    result = invoke(*images, "--weights", checkpoint, "--format", "json", "--workers", "0",
+                    "--backend", "onnxruntime", "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "weights").rglob("*.onnx")), "the ONNX export is cached beside the weights"
+    for record, path in zip(json.loads(result.stdout), images):
+        expected = reference_probabilities(model, path)
+        top = expected.topk(3)
+        assert [p["index"] for p in record["predictions"]] == top.indices.tolist()
+        assert [p["probability"] for p in record["predictions"]] == pytest.approx(top.values.tolist(), abs=1e-5)

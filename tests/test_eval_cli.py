@@ -264,3 +264,15 @@ def test_exif_orientation_is_ignored_like_the_reference_pipelines(setup, tmp_pat
     (row,) = csv.DictReader(io.StringIO(predictions.read_text()))
     top5 = [int(row[f"top{k}"]) for k in range(1, 6)]
     assert [float(row[f"prob{k}"]) for k in range(1, 6)] == pytest.approx(as_stored[top5].tolist(), abs=1e-5)
+
+
+def test_onnxruntime_backend_gives_the_exact_counts(setup, tmp_path):
+    pytest.importorskip("onnxruntime")
+    checkpoint, val_set, _, _ = setup
+    weights = tmp_path / "weights" / checkpoint.name  # its own folder: the ONNX export is cached beside it
+    weights.parent.mkdir()
+    weights.write_bytes(checkpoint.read_bytes())
+    directory = write_class_folders(val_set, tmp_path / "data")
+    summary, result = run_json(directory, weights, "--backend", "onnxruntime")
+    assert result.exit_code == 0, result.output
+    assert_counts(summary, N_IMAGES, *val_set.expected)

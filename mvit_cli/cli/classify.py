@@ -12,6 +12,8 @@ from typing import Annotated, Iterator, Optional, TextIO
 import typer
 
 from mvit_cli.cli._options import (
+    Backend,
+    BackendOpt,
     BatchSizeOpt,
     CacheDirOpt,
     Device,
@@ -58,6 +60,7 @@ def classify_command(
     batch_size: BatchSizeOpt = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = Device.auto,
+    backend: BackendOpt = Backend.torch,
     output_format: Annotated[
         ClassifyFormat,
         typer.Option("--format", "-f", help="table (for people), or json, jsonl, csv (for programs)."),
@@ -109,7 +112,7 @@ def classify_command(
         source.value if source else None,
         weights,
         device.value,
-        cache_dir=cache_dir,
+        backend=backend.value, cache_dir=cache_dir,
         offline=offline,
         progress=output.progress_enabled(),
     )

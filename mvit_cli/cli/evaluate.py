@@ -14,6 +14,8 @@ from typing import Annotated, Any, Optional, TextIO
 import typer
 
 from mvit_cli.cli._options import (
+    Backend,
+    BackendOpt,
     BatchSizeOpt,
     CacheDirOpt,
     Device,
@@ -58,6 +60,7 @@ def eval_command(
     batch_size: BatchSizeOpt = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = Device.auto,
+    backend: BackendOpt = Backend.torch,
     limit: Annotated[
         Optional[int],
         typer.Option("--limit", min=1, help="Evaluate a fixed, class-balanced subset of this many images."),
@@ -105,7 +108,7 @@ def eval_command(
         eval_set = evalsets.load_eval_set(directory, labels, limit)
         model = inference.load_model(
             variant.value if variant else None, source.value if source else None, weights, device_name,
-            cache_dir=cache_dir, offline=offline, progress=is_main,
+            backend=backend.value, cache_dir=cache_dir, offline=offline, progress=is_main,
         )
         batch_size = batch_size or runtime.default_batch_size(model.device)
         workers = runtime.default_workers() if workers is None else workers
