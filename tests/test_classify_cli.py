@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from image_corpus import encode, smooth_rgb, write_corpus
+from image_corpus import smooth_rgb, write_corpus
 from PIL import Image
 from randomize import randomize_
 from test_preprocess_parity import timm_eval_reference

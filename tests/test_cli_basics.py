@@ -77,3 +77,21 @@ def test_python_dash_m_runs_the_same_cli():
     done = subprocess.run([sys.executable, "-m", "mvit_cli", "--version"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == f"mvit {version('mvit-cli')}"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_defaults_named_in_option_help_are_shown(command):
+    # rich reads "[default: ...]" in a help string as markup and silently drops it unless escaped.
+    import re
+
+    import typer.main
+
+    group = typer.main.get_command(app)
+    cli = group.commands[command[0]]
+    if len(command) > 1:
+        cli = cli.commands[command[1]]
+    stated = [m.group(1) for p in cli.params for m in re.finditer(r"\[default: ([^\]]+)\]", p.help or "")]
+    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=400)
+    shown = " ".join(result.stdout.replace("│", " ").split())
+    for text in stated:
+        assert f"default: {' '.join(text.split())}" in shown

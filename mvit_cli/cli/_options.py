@@ -20,6 +20,11 @@ class Source(str, Enum):
     apple = "apple"
 
 
+class TableOrJson(str, Enum):
+    table = "table"
+    json = "json"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -27,7 +32,10 @@ class Device(str, Enum):
     mps = "mps"
 
 
-VariantOpt = Annotated[Variant, typer.Option("--variant", "-m", help="Model variant: xxs, xs or s.")]
+VariantOpt = Annotated[
+    Optional[Variant],
+    typer.Option("--variant", "-m", help="Model variant: xxs, xs or s \\[default: s, or the one in --weights]."),
+]
 SourceOpt = Annotated[
     Optional[Source],
     typer.Option(
@@ -78,4 +86,7 @@ BackendOpt = Annotated[
         help="How the model runs on the CPU: torch (default) or onnxruntime (optional: pip install "
         "'mvit-cli\\[onnx]'; its ONNX export is cached next to the weights).",
     ),
+]
+TableOrJsonOpt = Annotated[
+    TableOrJson, typer.Option("--format", "-f", help="table (for people) or json (for programs).")
 ]

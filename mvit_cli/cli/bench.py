@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -15,14 +14,11 @@ from mvit_cli.cli._options import (
     Device,
     DeviceOpt,
     SourceOpt,
-    Variant,
+    TableOrJson,
+    TableOrJsonOpt,
+    VariantOpt,
     WeightsOpt,
 )
-
-
-class BenchFormat(str, Enum):
-    table = "table"
-    json = "json"
 
 
 def register(app: typer.Typer) -> None:
@@ -30,26 +26,21 @@ def register(app: typer.Typer) -> None:
 
 
 def bench_command(
-    variant: Annotated[
-        Optional[Variant],
-        typer.Option("--variant", "-m", help="Model variant: xxs, xs or s \\[default: s, or the one in --weights]."),
-    ] = None,
+    variant: VariantOpt = None,
     batch_size: BatchSizeOpt = None,
     backend: BackendOpt = Backend.torch,
     device: DeviceOpt = Device.auto,
     weights: WeightsOpt = None,
     source: SourceOpt = None,
     input_size: Annotated[
-        Optional[int], typer.Option("--input-size", min=32, max=2048, help="Square input side in pixels [default: 256].")
+        Optional[int], typer.Option("--input-size", min=32, max=2048, help="Square input side in pixels \\[default: 256].")
     ] = None,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls after the first.")] = 3,
     repetitions: Annotated[int, typer.Option("--repetitions", "-n", min=1, help="Timed calls, at least.")] = 10,
     min_seconds: Annotated[
         float, typer.Option("--min-seconds", min=0.0, help="Keep timing until this much time has passed.")
     ] = 2.0,
-    output_format: Annotated[
-        BenchFormat, typer.Option("--format", "-f", help="table (for people) or json (for programs).")
-    ] = BenchFormat.table,
+    output_format: TableOrJsonOpt = TableOrJson.table,
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Measure how fast a variant runs here: setup time, latency per batch and images per second.
@@ -90,7 +81,7 @@ def bench_command(
         min_seconds=min_seconds,
         cache_dir=cache_dir,
     )
-    if output_format is BenchFormat.json:
+    if output_format is TableOrJson.json:
         output.write_json(result.to_dict())
         return
     _print_table(result)

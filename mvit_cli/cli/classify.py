@@ -20,7 +20,7 @@ from mvit_cli.cli._options import (
     DeviceOpt,
     OfflineOpt,
     SourceOpt,
-    Variant,
+    VariantOpt,
     WeightsOpt,
     WorkersOpt,
 )
@@ -48,10 +48,7 @@ def classify_command(
             show_default=False,
         ),
     ],
-    variant: Annotated[
-        Optional[Variant],
-        typer.Option("--variant", "-m", help="Model variant: xxs, xs or s \\[default: s, or the one in --weights]."),
-    ] = None,
+    variant: VariantOpt = None,
     source: SourceOpt = None,
     weights: WeightsOpt = None,
     top_k: Annotated[

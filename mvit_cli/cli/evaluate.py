@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 from contextlib import ExitStack
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional, TextIO
 
@@ -22,16 +21,13 @@ from mvit_cli.cli._options import (
     DeviceOpt,
     OfflineOpt,
     SourceOpt,
-    Variant,
+    TableOrJson,
+    TableOrJsonOpt,
+    VariantOpt,
     WeightsOpt,
     WorkersOpt,
 )
 from mvit_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
-
-
-class EvalFormat(str, Enum):
-    table = "table"
-    json = "json"
 
 
 def register(app: typer.Typer) -> None:
@@ -45,10 +41,7 @@ def eval_command(
                        "file beside or above it.", metavar="DIR", exists=True, file_okay=False,
                        resolve_path=True),
     ],
-    variant: Annotated[
-        Optional[Variant],
-        typer.Option("--variant", "-m", help="Model variant: xxs, xs or s (default: s, or the one in --weights)."),
-    ] = None,
+    variant: VariantOpt = None,
     source: SourceOpt = None,
     weights: WeightsOpt = None,
     labels: Annotated[
@@ -65,9 +58,7 @@ def eval_command(
         Optional[int],
         typer.Option("--limit", min=1, help="Evaluate a fixed, class-balanced subset of this many images."),
     ] = None,
-    output_format: Annotated[
-        EvalFormat, typer.Option("--format", "-f", help="table (for people) or json (for programs).")
-    ] = EvalFormat.table,
+    output_format: TableOrJsonOpt = TableOrJson.table,
     predictions: Annotated[
         Optional[Path],
         typer.Option("--predictions", dir_okay=False,
@@ -134,7 +125,7 @@ def eval_command(
 
     summary = _summary(eval_set, model, result, limit)
     _report_failures(result)
-    if output_format is EvalFormat.json:
+    if output_format is TableOrJson.json:
         output.write_json(summary)
     else:
         _print_table(summary, result, eval_set, model)

@@ -8,7 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from mvit_cli.cli._options import CacheDirOpt, OfflineOpt, SourceOpt, Variant, WeightsOpt
+from mvit_cli.cli._options import (
+    CacheDirOpt,
+    OfflineOpt,
+    SourceOpt,
+    VariantOpt,
+    WeightsOpt,
+)
 
 
 class ExportFormat(str, Enum):
@@ -24,10 +30,7 @@ def register(app: typer.Typer) -> None:
 
 
 def export_command(
-    variant: Annotated[
-        Optional[Variant],
-        typer.Option("--variant", "-m", help="Model variant: xxs, xs or s \\[default: s, or the one in --weights]."),
-    ] = None,
+    variant: VariantOpt = None,
     export_format: Annotated[
         ExportFormat, typer.Option("--format", "-f", help="onnx (opset 17) or torchscript (torch.jit.load).")
     ] = ExportFormat.onnx,

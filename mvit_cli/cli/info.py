@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated, Any, Optional
 
 import typer
 
-from mvit_cli.cli._options import CacheDirOpt, Source, SourceOpt, Variant
-
-
-class InfoFormat(str, Enum):
-    table = "table"
-    json = "json"
+from mvit_cli.cli._options import (
+    CacheDirOpt,
+    Source,
+    SourceOpt,
+    TableOrJson,
+    TableOrJsonOpt,
+    Variant,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -27,9 +28,7 @@ def info_command(
         typer.Option("--input-size", min=32, max=4096, help="Square input side for the FLOPs and feature map sizes "
                      "\\[default: the source's crop size, 256]."),
     ] = None,
-    output_format: Annotated[
-        InfoFormat, typer.Option("--format", "-f", help="table (for people) or json (for programs).")
-    ] = InfoFormat.table,
+    output_format: TableOrJsonOpt = TableOrJson.table,
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Describe a variant: stage table, exact parameter count, GFLOPs, preprocessing, weight file and
@@ -56,7 +55,7 @@ def info_command(
     from mvit_cli.info import variant_info
 
     info = variant_info(variant.value, (source or Source.timm).value, input_size, cache_dir)
-    if output_format is InfoFormat.json:
+    if output_format is TableOrJson.json:
         output.write_json(info)
         return
     _print_tables(info)

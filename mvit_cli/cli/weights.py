@@ -8,7 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from mvit_cli.cli._options import CacheDirOpt, Source, Variant
+from mvit_cli.cli._options import (
+    CacheDirOpt,
+    Source,
+    TableOrJson,
+    TableOrJsonOpt,
+    Variant,
+)
 from mvit_cli.errors import EXIT_OK, EXIT_PARTIAL, MvitError
 
 
@@ -23,11 +29,6 @@ class SourceOrAll(str, Enum):
     timm = "timm"
     apple = "apple"
     all = "all"
-
-
-class ListFormat(str, Enum):
-    table = "table"
-    json = "json"
 
 
 def register(app: typer.Typer) -> None:
@@ -109,11 +110,11 @@ def import_command(
     ],
     variant: Annotated[
         Optional[Variant],
-        typer.Option("--variant", "-m", help="Model variant the file must hold [default: read from the file]."),
+        typer.Option("--variant", "-m", help="Model variant the file must hold \\[default: read from the file]."),
     ] = None,
     source: Annotated[
         Optional[Source],
-        typer.Option("--source", help="Weight source whose preprocessing applies [default: that of the file's "
+        typer.Option("--source", help="Weight source whose preprocessing applies \\[default: that of the file's "
                                       "format: timm for timm files, apple for transformers and ml-cvnets files]."),
     ] = None,
     cache_dir: CacheDirOpt = None,
@@ -147,9 +148,7 @@ def import_command(
 
 
 def cache_list_command(
-    output_format: Annotated[
-        ListFormat, typer.Option("--format", "-f", help="table (for people) or json (for programs).")
-    ] = ListFormat.table,
+    output_format: TableOrJsonOpt = TableOrJson.table,
     verify: Annotated[
         bool, typer.Option("--verify", help="Hash every file now instead of trusting earlier verification.")
     ] = False,
@@ -174,7 +173,7 @@ def cache_list_command(
 
     root = hub.cache_root(cache_dir)
     rows = hub.list_cache(cache_dir=cache_dir, verify=verify)
-    if output_format is ListFormat.json:
+    if output_format is TableOrJson.json:
         write_json({
             "cache_dir": str(root),
             "files": [
@@ -199,10 +198,10 @@ def cache_list_command(
 
 def cache_clear_command(
     variant: Annotated[
-        Optional[Variant], typer.Option("--variant", "-m", help="Only this variant [default: all].")
+        Optional[Variant], typer.Option("--variant", "-m", help="Only this variant \\[default: all].")
     ] = None,
     source: Annotated[
-        Optional[Source], typer.Option("--source", help="Only this weight source [default: all].")
+        Optional[Source], typer.Option("--source", help="Only this weight source \\[default: all].")
     ] = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
