@@ -1,0 +1,23 @@
+"""Every test runs with its caches in a temporary folder, never in the user's home.
+
+Set at import time, before any test module imports huggingface_hub (which reads HF_HOME when imported):
+downloads, imports, verification markers and ONNX exports of weights without a folder of their own all land
+under one session folder that is removed at the end. Tests that need their own cache set it themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+_SESSION_CACHE = tempfile.mkdtemp(prefix="mvit-tests-")
+for name, sub in (("HF_HOME", "hf"), ("XDG_CACHE_HOME", "xdg")):
+    os.environ[name] = os.path.join(_SESSION_CACHE, sub)
+# A developer's own settings must not redirect tests to a real cache, hub or debug mode.
+for name in ("HF_HUB_CACHE", "MVIT_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "MVIT_DEBUG"):
+    os.environ.pop(name, None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
