@@ -138,7 +138,7 @@ class TableRenderer:
         table = Table(box=None, show_header=self.first, header_style="bold", pad_edge=False, collapse_padding=True)
         # Every width is fixed (the last column takes what the terminal has left), so batches line up.
         next_width = max(12, self.console.width - self.path_width - LABEL_WIDTH - PROB_WIDTH - 3)
-        table.add_column("image", width=self.path_width, overflow="fold")
+        table.add_column("image", width=self.path_width, no_wrap=True)
         table.add_column("top-1", width=LABEL_WIDTH, overflow="ellipsis", no_wrap=True)
         table.add_column("prob", justify="right", width=PROB_WIDTH, no_wrap=True)
         table.add_column("next", width=next_width, style="dim", overflow="ellipsis", no_wrap=True)
@@ -146,12 +146,16 @@ class TableRenderer:
             if "error" in record:
                 # The reason may wrap (it says what is wrong); predictions stay one line per image.
                 reason = Text(record["error"], style="red", no_wrap=False, overflow="fold")
-                table.add_row(Text(record["path"]), Text("error", style="red"), "", reason)
+                table.add_row(Text(self._fit(record["path"])), Text("error", style="red"), "", reason)
                 continue
             top, *others = record["predictions"]
             rest = ", ".join(f"{p['label']} {percent(p['probability'])}" for p in others)
-            table.add_row(Text(record["path"]), top["label"], percent(top["probability"]), Text(rest))
+            table.add_row(Text(self._fit(record["path"])), top["label"], percent(top["probability"]), Text(rest))
         self.console.print(table)
+
+    def _fit(self, path: str) -> str:
+        """A path cut at the front, so that one image stays one line and its file name stays visible."""
+        return path if len(path) <= self.path_width else "…" + path[len(path) - self.path_width + 1:]
 
     def close(self) -> None:
         pass

@@ -346,3 +346,22 @@ def test_onnxruntime_backend_gives_the_models_probabilities(setup, tmp_path):
         top = expected.topk(3)
         assert [p["index"] for p in record["predictions"]] == top.indices.tolist()
         assert [p["probability"] for p in record["predictions"]] == pytest.approx(top.values.tolist(), abs=1e-5)
+
+
+def test_compact_table_keeps_one_line_per_image_and_shows_file_names():
+    # Long paths used to wrap inside the file name ("n01440764_tench.J" / "PEG"), two lines per image.
+    from rich.console import Console
+
+    from mvit_cli.render import TableRenderer
+
+    names = [f"/data/some/rather/deep/folder/of/photos/n0144{i:04d}_tench.JPEG" for i in range(6)]
+    prediction = {"rank": 1, "index": 0, "wnid": "n01440764", "label": "tench", "probability": 0.5}
+    records = [{"path": name, "predictions": [prediction, {**prediction, "rank": 2}]} for name in names]
+    stream = io.StringIO()
+    renderer = TableRenderer(Console(file=stream, width=100, color_system=None), len(names),
+                             max(map(len, names)))
+    renderer.write(records)
+    lines = stream.getvalue().rstrip("\n").splitlines()
+    assert len(lines) == 1 + len(names)  # header, then one line per image
+    for line, name in zip(lines[1:], names):
+        assert Path(name).name in line
