@@ -150,8 +150,8 @@ def _from_flat_folder(directory: Path, images: list[Path], labels_file: Path | N
         labels_file = find_labels_file(directory)
         if labels_file is None:
             raise DatasetError(
-                f"{directory} is a flat folder of {len(images)} images and no label file was found beside or "
-                f"above it, so the true classes are unknown; {HOW_TO_GET_A_LAYOUT}"
+                f"{directory} is a flat folder of {len(images):,} image{'s' * (len(images) != 1)} and no label file "
+                f"was found beside or above it, so the true classes are unknown; {HOW_TO_GET_A_LAYOUT}"
             )
     layout, target_of = read_labels_file(Path(labels_file))
     items, unlabelled = [], []

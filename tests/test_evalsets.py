@@ -206,6 +206,12 @@ def test_flat_folder_without_labels_names_the_three_layouts(tmp_path):
         assert needle in message
 
 
+def test_flat_folder_of_one_image_is_counted_in_the_singular(tmp_path):
+    touch(tmp_path / "val" / val_name(1))
+    with pytest.raises(DatasetError, match="flat folder of 1 image and"):
+        load_eval_set(tmp_path / "val")
+
+
 # ------------------------------------------------------------------ --limit
 
 
