@@ -22,10 +22,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mvit_cli.errors import ImageDecodeError
-from mvit_cli.images import decode_image
+from mvit_cli.images import Unreadable, decode_image
 from mvit_cli.preprocess import Preprocessing, normalize, resize_and_crop, to_uint8_chw
 
-Source = Path | bytes  # a file, or the raw bytes of one image (stdin)
+Source = Path | bytes | Unreadable  # a file, the raw bytes of one image (stdin), or a known failure
 
 
 @dataclass

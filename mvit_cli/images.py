@@ -16,6 +16,7 @@ import io
 import re
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,15 @@ _ALPHA_MODES = {"RGBA": "RGBA", "LA": "LA", "La": "LA", "RGBa": "RGBA", "PA": "R
 _WIDE_INT_MAX = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
 
 
-def decode_image(source: Path | str | bytes, exif_transpose: bool = True) -> Image.Image:
+@dataclass(frozen=True)
+class Unreadable:
+    """An input found unreadable before decoding (e.g. a folder mvit may not list): it becomes an error record
+    like any undecodable image, at its place in the input order."""
+
+    reason: str
+
+
+def decode_image(source: Path | str | bytes | Unreadable, exif_transpose: bool = True) -> Image.Image:
     """Decode a file path or raw bytes into an upright RGB image (mode "RGB", 8 bits per channel).
 
     `exif_transpose=False` keeps the stored pixel orientation, as the published evaluation pipelines (timm,
@@ -41,6 +50,8 @@ def decode_image(source: Path | str | bytes, exif_transpose: bool = True) -> Ima
     Raises ImageDecodeError with a one-line reason for empty, truncated, corrupt, non-image, unreadable and
     oversized (decompression-bomb) inputs.
     """
+    if isinstance(source, Unreadable):
+        raise ImageDecodeError(source.reason)
     data = source if isinstance(source, bytes) else _read(Path(source))
     if not data:
         raise ImageDecodeError("empty file")

@@ -103,7 +103,9 @@ def classify_command(
     from mvit_cli.classify import classify_batches
 
     # Inputs are found before the model is loaded: a typo is reported in a second, not after a download.
-    images = inputs.expand_paths(paths, recursive=not no_recursive)
+    images = inputs.expand_paths(paths, recursive=not no_recursive, warn=output.warn)
+    if output_file is not None:
+        _check_output_file(output_file, images)
     model = inference.load_model(
         variant.value if variant else None,
         source.value if source else None,
@@ -135,6 +137,20 @@ def classify_command(
         output.warn(f"{failed} of {len(images)} inputs could not be classified; see their error records")
         return EXIT_PARTIAL
     return EXIT_OK
+
+
+def _check_output_file(path: Path, images) -> None:
+    """Refuse an --output that cannot be written, or that would overwrite an input, before any work is done."""
+    from mvit_cli.errors import UsageError
+
+    target = os.path.realpath(path)
+    if any(isinstance(item.source, Path) and os.path.realpath(item.source) == target for item in images):
+        raise UsageError(f"--output {path} is one of the input images; it would be overwritten")
+    folder = Path(target).parent
+    if not folder.is_dir():
+        raise UsageError(f"--output {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"--output {path}: the folder {folder} is not writable")
 
 
 @contextmanager

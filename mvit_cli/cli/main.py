@@ -59,7 +59,7 @@ class MvitGroup(TyperGroup):
             show() if show else typer.echo(f"mvit: error: {exc.format_message()}", err=True)
             code = EXIT_USAGE
         except (typer.Abort, KeyboardInterrupt):
-            code = _fail("interrupted", EXIT_INTERRUPTED)
+            code = EXIT_INTERRUPTED
         except Exception as exc:
             friendly = _friendly(exc)
             if debug:
@@ -71,6 +71,9 @@ class MvitGroup(TyperGroup):
                 if not debug:
                     message += " (run with --debug for the traceback)"
                 code = _fail(message, EXIT_USAGE)
+        if code == EXIT_INTERRUPTED:
+            # Ctrl-C: typer turns it into exit code 130 inside a command; say why the run stopped short.
+            typer.echo("mvit: interrupted", err=True)
         if standalone_mode:
             sys.exit(code)
         return code
