@@ -193,7 +193,8 @@ def read_labels_file(path: Path) -> tuple[str, Callable[[str], int | None]]:
     except UnicodeDecodeError:
         raise DatasetError(f"{path} is not a text label file; {HOW_TO_GET_A_LAYOUT}") from None
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    if first.lower().startswith("imageid"):
+    header = next(csv.reader([first]), [""])  # Kaggle's header may be quoted: "ImageId","PredictionString"
+    if header and header[0].strip().lower() == "imageid":
         return "kaggle", _kaggle_lookup(path, text)
     if first.isdigit():
         return "devkit", _devkit_lookup(path, text)
@@ -204,7 +205,9 @@ def read_labels_file(path: Path) -> tuple[str, Callable[[str], int | None]]:
 
 
 def _devkit_lookup(path: Path, text: str) -> Callable[[str], int | None]:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # Line i is image i: a blank line inside the file would shift every later label, so only trailing blank
+    # lines are dropped and any other blank line is an error.
+    lines = [line.strip() for line in text.rstrip().splitlines()]
     bad = [f"line {n}: {line!r}" for n, line in enumerate(lines, 1)
            if not line.isdigit() or labels.index_of_ilsvrc_id(int(line)) is None]
     if bad:

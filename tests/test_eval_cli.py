@@ -276,3 +276,15 @@ def test_onnxruntime_backend_gives_the_exact_counts(setup, tmp_path):
     summary, result = run_json(directory, weights, "--backend", "onnxruntime")
     assert result.exit_code == 0, result.output
     assert_counts(summary, N_IMAGES, *val_set.expected)
+
+
+def test_unwritable_per_class_file_fails_before_the_evaluation(setup, tmp_path):
+    # It was opened only after the whole set had been evaluated: an hour of ImageNet lost to a typo.
+    checkpoint, val_set, _, _ = setup
+    directory = write_class_folders(val_set, tmp_path / "data")
+    predictions = tmp_path / "predictions.csv"
+    result = run_eval(directory, "--weights", checkpoint, "--workers", "0", "--predictions", predictions,
+                      "--per-class", tmp_path / "missing" / "per_class.csv")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "per_class.csv" in result.output
+    assert len(predictions.read_text().splitlines()) <= 1  # no image was evaluated

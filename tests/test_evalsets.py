@@ -246,3 +246,27 @@ def test_limit_applies_after_layout_and_keeps_total(tmp_path):
     assert max(Counter(i.target for i in eval_set.items).values()) == 2
     assert eval_set.items == load_eval_set(tmp_path, limit=7).items
     assert len(load_eval_set(tmp_path, limit=1000).items) == 20
+
+
+def test_blank_line_inside_devkit_ground_truth_is_an_error_not_a_shift(tmp_path):
+    # Line i is the class of image i: skipping a blank line would move every later label by one.
+    for number in range(1, 5):
+        touch(tmp_path / "val" / val_name(number))
+    (tmp_path / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n2\n\n3\n4\n\n")
+    with pytest.raises(DatasetError, match="line 3"):
+        load_eval_set(tmp_path / "val")
+
+
+def test_trailing_blank_lines_of_devkit_ground_truth_are_fine(tmp_path):
+    for number in range(1, 3):
+        touch(tmp_path / "val" / val_name(number))
+    (tmp_path / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n2\n\n\n")
+    assert load_eval_set(tmp_path / "val").layout == "devkit"
+
+
+def test_kaggle_header_may_be_quoted(tmp_path):
+    touch(tmp_path / "val" / val_name(1))
+    (tmp_path / "LOC_val_solution.csv").write_text(
+        '"ImageId","PredictionString"\nILSVRC2012_val_00000001,"n01440764 1 2 3 4"\n')
+    eval_set = load_eval_set(tmp_path / "val")
+    assert eval_set.layout == "kaggle" and [item.target for item in eval_set.items] == [0]

@@ -110,6 +110,8 @@ def eval_command(
 
         with ExitStack() as files:
             predictions_file = files.enter_context(_open_csv(predictions)) if predictions and is_main else None
+            # Opened before the evaluation, not after: a bad path must not cost a finished run.
+            per_class_file = files.enter_context(_open_csv(per_class)) if per_class and is_main else None
             # Under torchrun every rank must ask for predictions (to send its own to rank 0); only rank 0 writes.
             write_predictions = _predictions_writer(predictions_file) if predictions_file else _ignore
             with _progress(is_main and output.progress_enabled(), job) as on_progress:
@@ -117,9 +119,8 @@ def eval_command(
                                              write_predictions if predictions else None)
             if not is_main:  # rank 0 reports; the others exit with the same code
                 return _exit_code(result)
-            if per_class:
-                with _open_csv(per_class) as file:
-                    _write_per_class(file, result.tally)
+            if per_class_file:
+                _write_per_class(per_class_file, result.tally)
     finally:
         evaluation.stop_distributed(job)
 
