@@ -63,6 +63,16 @@ def _example(batch: int, height: int, width: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- exporting
 
 
+def _prepare_target(path: Path) -> None:
+    """Make sure `path` can be written before any export work, with a one-line error naming it if not."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"cannot write {path}: the folder {path.parent} is not writable")
+
+
 def export_onnx(model: nn.Module, path: Path, height: int = 256, width: int = 256) -> Path:
     """Write `model` (BatchNorm folded) as ONNX for [B, 3, height, width] inputs, B dynamic. Input "images",
     output "logits"."""
@@ -70,6 +80,7 @@ def export_onnx(model: nn.Module, path: Path, height: int = 256, width: int = 25
 
     require_onnx("ONNX export")
     path = Path(path)
+    _prepare_target(path)
     folded = fold_batchnorm(model)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     kwargs: dict[str, Any] = {}
@@ -89,7 +100,6 @@ def export_onnx(model: nn.Module, path: Path, height: int = 256, width: int = 25
                 do_constant_folding=True,
                 **kwargs,
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
     finally:
         tmp.unlink(missing_ok=True)
@@ -104,19 +114,22 @@ def export_torchscript(model: nn.Module, path: Path, height: int = 256, width: i
     from mvit_cli.runtime import fold_batchnorm
 
     path = Path(path)
+    _prepare_target(path)
     folded = fold_batchnorm(model)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         # Traced at batch 2 so that nothing in the graph specialises on a batch of one.
         traced = torch.jit.freeze(torch.jit.trace(folded, _example(2, height, width), check_trace=False))
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with warnings.catch_warnings():
             # torch >= 2.9 marks TorchScript serialisation deprecated in favour of torch.export; the format
             # still loads everywhere TorchScript does, which is what this export is for.
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.save(traced, str(tmp))
+            try:
+                torch.jit.save(traced, str(tmp))
+            except RuntimeError as exc:  # torch reports I/O failures as RuntimeError ("open file failed")
+                raise UsageError(f"cannot write {path}: {' '.join(str(exc).split())[:160]}") from None
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -113,3 +113,25 @@ def test_export_default_name_is_in_the_working_directory(weights, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     invoke("export", "--weights", str(weights), "--format", "torchscript", "--input-size", "64", "--no-check")
     assert (tmp_path / "mobilevit_xxs.pt").is_file()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_creates_a_missing_output_folder(weights, tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    target = tmp_path / "new" / "folder" / f"m.{fmt}"
+    result = CliRunner().invoke(app, ["export", "--weights", str(weights), "-f", fmt, "-o", str(target),
+                                      "--input-size", "64"])
+    assert result.exit_code == 0, result.output
+    assert target.is_file() and target.stat().st_size > 0
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_to_an_unwritable_place_is_one_clear_line(weights, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    target = "/proc/mvit-cannot-write-here/m.out"  # /proc refuses new files and folders, even to root
+    result = CliRunner().invoke(app, ["export", "--weights", str(weights), "-f", fmt, "-o", target,
+                                      "--input-size", "64"])
+    assert result.exit_code == 1
+    assert f"cannot write {target}" in result.output and "internal error" not in result.output
