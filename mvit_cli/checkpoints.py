@@ -199,9 +199,25 @@ def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
     return tensors, metadata
 
 
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives (what `mvit export -f torchscript` writes) carry code, not a state dict."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def _read_torch(path: Path) -> StateDict:
     import pickle
 
+    if _is_torchscript(path):
+        raise CheckpointError(
+            f"{path} is a TorchScript program (e.g. from `mvit export -f torchscript`), not a checkpoint; "
+            "load it with torch.jit.load, or pass the weights file it was exported from"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -295,3 +295,17 @@ def test_pickled_objects_are_refused_never_executed(tmp_path, xxs_state):
 def test_whole_pickled_module_is_refused(tmp_path, xxs):
     torch.save(xxs, tmp_path / "model.pt")  # torch.save(model) pickles the classes, not just tensors
     assert "refused" in load_error(tmp_path / "model.pt")
+
+
+def test_torchscript_export_is_named_as_such_not_called_damaged(tmp_path):
+    import torch
+
+    from mvit_cli.checkpoints import load_checkpoint
+    from mvit_cli.errors import CheckpointError
+    from mvit_cli.model import build_model
+
+    scripted = torch.jit.trace(build_model("xxs"), torch.rand(1, 3, 64, 64), check_trace=False)
+    path = tmp_path / "exported.pt"
+    torch.jit.save(scripted, str(path))
+    with pytest.raises(CheckpointError, match="TorchScript program"):
+        load_checkpoint(path)
