@@ -17,6 +17,14 @@ not established, the LFS sha256 the hub reports for the pinned commit); a mismat
 records the file's size and mtime, so later runs check a `stat` instead of reading and hashing the whole
 file again; a file whose size or mtime changed (e.g. a cache copied from another machine) is hashed once more.
 
+Where the manifest has no sha256, a cached file's expected hash comes from the cache itself: the blob's name
+(huggingface_hub names blobs by the hub's LFS sha256), else huggingface_hub's tree listing of the pinned
+commit (`trees/<commit>.json`, written by snapshot_download), else mvit's marker. A cache copied without
+symlinks (`cp -rL`, zip, Windows) has a plain file in snapshots/: it is hashed once and accepted when blobs/
+holds a blob of that name. A file whose expected hash is known and differs is corrupt (deleted); one whose
+hash cannot be established offline is "unverified": never loaded, and never deleted either (with network,
+the hub's sha256 settles it; offline mvit refuses and says how to fix the copy).
+
 Which file serves (variant, source): the verified download if cached, else an imported checkpoint, else a
 download (never when offline). Results are memoised per process.
 """
@@ -168,15 +176,62 @@ def _snapshot_path(entry: WeightEntry, root: Path) -> Path | None:
     return Path(found) if isinstance(found, str) and os.path.isfile(found) else None
 
 
+def _repo_folder(entry: WeightEntry, root: Path) -> Path:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return root / repo_folder_name(repo_id=entry.repo_id, repo_type="model")
+
+
+def _tree_listing_sha256(entry: WeightEntry, root: Path) -> str | None:
+    """The LFS sha256 that huggingface_hub's tree listing of the pinned commit records for the file, if cached.
+
+    snapshot_download (e.g. `hf download`) stores each commit's listing in the repo folder; a private module
+    of huggingface_hub reads it, so its absence in another version only means "not known".
+    """
+    try:
+        from huggingface_hub._tree_cache import read_tree_cache
+    except ImportError:
+        return None
+    try:
+        listing = read_tree_cache(str(_repo_folder(entry, root)), entry.revision) or {}
+    except Exception:  # a format this version does not expect: not known
+        return None
+    sha256 = getattr(listing.get(entry.filename), "lfs_sha256", None)
+    return sha256 if isinstance(sha256, str) and _SHA256.fullmatch(sha256) else None
+
+
 def _expected_sha256(entry: WeightEntry, root: Path, path: Path) -> str | None:
-    """What a cached download must hash to: the manifest's sha256, else the hub's (the blob's name)."""
+    """What a cached download must hash to, as far as known without hashing or network: the manifest's sha256,
+    else the hub's, from the blob's name, huggingface_hub's tree listing, or mvit's marker (module doc)."""
     if entry.sha256:
         return entry.sha256
     blob = Path(os.path.realpath(path))
     if _SHA256.fullmatch(blob.name):
         return blob.name
-    marker = _read_marker(root, blob)  # no symlinks (Windows): the blob was moved here; its hash was recorded
+    listed = _tree_listing_sha256(entry, root)
+    if listed:
+        return listed
+    marker = _read_marker(root, blob)  # a plain copy whose hash mvit established before (see below)
     return marker.get("sha256") if marker else None
+
+
+def _sha256_vouched_by_blobs(entry: WeightEntry, root: Path, file: Path) -> str | None:
+    """For a snapshot file that is a plain copy: its sha256, when the repo folder's blobs/ holds a blob of that
+    name (huggingface_hub named it by the hub's sha256 on download). Hashes only if a blob of its size exists;
+    records a marker, so later runs check a stat."""
+    size = file.stat().st_size
+    try:
+        names = {b.name for b in (_repo_folder(entry, root) / "blobs").iterdir()
+                 if _SHA256.fullmatch(b.name) and b.is_file() and b.stat().st_size == size}
+    except OSError:
+        return None
+    if not names:
+        return None
+    actual = sha256_file(file)
+    if actual not in names:
+        return None
+    _write_marker(root, file, actual)
+    return actual
 
 
 def _remove_download(entry: WeightEntry, root: Path, path: Path) -> None:
@@ -197,14 +252,14 @@ def _cached_download(entry: WeightEntry, root: Path, hash_now: bool, use_marker:
         return None
     expected = _expected_sha256(entry, root, path)
     blob = Path(os.path.realpath(path))
-    if expected is None:
-        state = "unverified"
-    elif use_marker and _marker_valid(root, blob, expected):
+    if expected is not None and use_marker and _marker_valid(root, blob, expected):
         state = "verified"
-    elif hash_now:
-        state = "verified" if _verify(root, blob, expected, use_marker=False) else "corrupt"
-    else:
+    elif not hash_now:
         state = "unverified"
+    elif expected is not None:
+        state = "verified" if _verify(root, blob, expected, use_marker=False) else "corrupt"
+    else:  # a plain copy with no hash known: only a blob of its own hash can vouch for it
+        state = "verified" if _sha256_vouched_by_blobs(entry, root, blob) else "unverified"
     return CachedFile(entry.variant, entry.source, "download", path, blob.stat().st_size, state,
                       f"{entry.repo_id}@{entry.revision[:7]} {entry.filename}")
 
@@ -228,6 +283,16 @@ def _how_to_get(entry: WeightEntry, root: Path) -> str:
         f"network access and copy its cache folder (`mvit cache list` shows it) to {root} here, or bring the "
         f"checkpoint file ({entry.repo_id} {entry.filename}) and run "
         f"`mvit import FILE --variant {entry.variant} --source {entry.source}`"
+    )
+
+
+def _unverifiable(entry: WeightEntry, path: Path) -> IntegrityError:
+    return IntegrityError(
+        f"cannot verify the cached {entry.label} ({path}): it is a plain copy without huggingface_hub's links and "
+        f"no sha256 for it is known offline, so it was not used. Copy the cache again keeping symlinks "
+        f"(`cp -a`, `rsync -a`), or run `mvit download --variant {entry.variant} --source {entry.source}` with "
+        f"network access to check it against the hub, or `mvit import FILE --variant {entry.variant} "
+        f"--source {entry.source}`"
     )
 
 
@@ -273,20 +338,28 @@ def download(variant: str, source: str, cache_dir: Path | None = None, progress:
     found = _cached_download(entry, root, hash_now=True)
     if found is not None and found.state == "verified":
         return Download(found.path, found.size, _expected_sha256(entry, root, found.path) or "", downloaded=False)
-    if found is not None:
-        from mvit_cli.output import warn
-
-        warn(f"the cached {entry.label} does not match its sha256 (damaged on disk?); deleted it")
-        _remove_download(entry, root, found.path)
+    if found is not None and found.state == "corrupt":
+        _remove_corrupt(entry, root, found.path)
+        found = None
     if offline_from_env():
+        if found is not None:  # unverified: kept, but only the hub can tell whether it is the right file
+            raise _unverifiable(entry, found.path)
         raise _unavailable(entry, root, "offline mode is on (HF_HUB_OFFLINE=1)")
-    path, sha256 = _fetch(entry, root, progress)
+    path, sha256, downloaded = _fetch(entry, root, progress)
     _forget(root, variant, source)
-    return Download(path, Path(os.path.realpath(path)).stat().st_size, sha256, downloaded=True)
+    return Download(path, Path(os.path.realpath(path)).stat().st_size, sha256, downloaded=downloaded)
 
 
-def _fetch(entry: WeightEntry, root: Path, progress: bool) -> tuple[Path, str]:
-    """Download `entry` from the hub into the cache root; verify it. Returns the snapshot path and sha256."""
+def _remove_corrupt(entry: WeightEntry, root: Path, path: Path) -> None:
+    from mvit_cli.output import warn
+
+    warn(f"the cached {entry.label} does not match its sha256 (damaged on disk?); deleted it")
+    _remove_download(entry, root, path)
+
+
+def _fetch(entry: WeightEntry, root: Path, progress: bool) -> tuple[Path, str, bool]:
+    """Download `entry` from the hub into the cache root; verify it. Returns the snapshot path, sha256, and
+    whether bytes were transferred (False: an unverified cached copy turned out to be the hub's file)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.utils import (
         EntryNotFoundError,
@@ -316,6 +389,13 @@ def _fetch(entry: WeightEntry, root: Path, progress: bool) -> tuple[Path, str]:
                 f"the hub serves another file (sha256 {hub_sha256[:12]}...) than the one mvit's manifest pins "
                 f"(sha256 {entry.sha256[:12]}...) for {where}; refused, nothing was stored"
             )
+        # A cached copy whose hash could not be established offline (huggingface_hub would return it as is):
+        # the hub's sha256 now tells whether it is the pinned file, or a damaged one to replace.
+        existing = _snapshot_path(entry, root)
+        if existing is not None:
+            if _verify(root, Path(os.path.realpath(existing)), expected, use_marker=False):
+                return existing, expected, False
+            _remove_corrupt(entry, root, existing)
         size = f"{meta.size / 1e6:.1f} MB" if meta.size else entry.size_approx
         warn(f"downloading {entry.repo_id} {entry.filename} ({size}) from {hub}")
         started = True
@@ -354,7 +434,7 @@ def _fetch(entry: WeightEntry, root: Path, progress: bool) -> tuple[Path, str]:
             "the hub or a proxy serves wrong bytes"
         )
     _write_marker(root, blob, actual)
-    return path, actual
+    return path, actual, True
 
 
 def _retry_hint(started: bool) -> str:
@@ -493,10 +573,8 @@ def resolve_weights(variant: str, source: str, cache_dir: Path | None = None, of
     """A verified weight file for (variant, source): from the cache, or downloaded (unless offline).
 
     Raises WeightsUnavailableError when nothing is cached and the hub cannot be used, IntegrityError when a
-    file does not hash to what it must.
+    file does not hash to what it must, or (offline) when a cached file's expected hash cannot be established.
     """
-    from mvit_cli.output import warn
-
     entry = manifest.entry(variant, source)
     root = cache_root(cache_dir)
     key = (variant, source, str(root))
@@ -505,25 +583,26 @@ def resolve_weights(variant: str, source: str, cache_dir: Path | None = None, of
 
     download_found = _cached_download(entry, root, hash_now=True)
     if download_found is not None and download_found.state == "corrupt":
-        warn(f"the cached {entry.label} does not match its sha256 (damaged on disk?); deleted it")
-        _remove_download(entry, root, download_found.path)
+        _remove_corrupt(entry, root, download_found.path)
         download_found = None
-    import_found = _cached_import(root, variant, source, hash_now=True)
+    import_found = None
+    if download_found is None or download_found.state != "verified":
+        import_found = _cached_import(root, variant, source, hash_now=True)
+    for found in (download_found, import_found):
+        if found is not None and found.state == "verified":
+            _resolved[key] = found.path
+            return found.path
+    # Nothing verified. A damaged import or a copy whose hash is unknown offline is refused, never loaded.
     if import_found is not None and import_found.state == "corrupt":
         raise IntegrityError(
             f"the imported {source} weights for MobileViT-{variant.upper()} ({import_found.path}) no longer match "
             f"their sha256; import them again with `mvit import FILE --variant {variant} --source {source}`"
         )
-    for found in (download_found, import_found):
-        if found is not None and found.state in ("verified", "unverified"):
-            if found.state == "unverified":  # only a download from a cache without symlinks and marker
-                warn(f"cannot verify the cached {entry.label} (no sha256 known for it); using it as is")
-            _resolved[key] = found.path
-            return found.path
-
     if offline or offline_from_env():
+        if download_found is not None:
+            raise _unverifiable(entry, download_found.path)
         raise _unavailable(entry, root, "offline mode is on (--offline or HF_HUB_OFFLINE=1)")
-    path, _ = _fetch(entry, root, progress)
+    path, _, _ = _fetch(entry, root, progress)
     _resolved[key] = path
     return path
 

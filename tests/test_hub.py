@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -294,3 +295,156 @@ def test_clear_removes_only_mvit_files(fake_hub, tmp_path):
     hub.clear_cache()
     assert not repo.exists()  # a repo folder left empty goes entirely
     assert hub.list_cache() == []
+
+
+# ------------------------------------------------------------------------------------------ copied caches
+
+
+def copy_without_symlinks(source: Path, target: Path) -> None:
+    """What `cp -rL`, a zip, Windows or `rsync -r` make of a cache: every link replaced by a plain copy of its
+    target, and new mtimes (no -p), so no verification marker vouches for the copies."""
+    shutil.copytree(source, target, symlinks=False, copy_function=shutil.copyfile)
+    assert not any(p.is_symlink() for p in target.rglob("*"))
+
+
+@pytest.fixture
+def copied_cache(fake_hub, tmp_path, monkeypatch):
+    """The XXS timm download (sha256 known only from the hub), in a cache copied without symlinks; offline."""
+    hub.resolve_weights("xxs", "timm", progress=False)
+    copy_without_symlinks(tmp_path / "cache", tmp_path / "copy")
+    monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "copy"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub._resolved.clear()  # a new process, on the other machine
+    snapshot = tmp_path / "copy" / "models--timm--mobilevit_xxs.cvnets_in1k" / "snapshots" / ENTRY.revision
+    return snapshot / ENTRY.filename
+
+
+def served(fake_hub) -> bytes:
+    return fake_hub.repos[(ENTRY.repo_id, ENTRY.revision)][ENTRY.filename].data
+
+
+def flip_byte(path: Path, keep_mtime: bool = False) -> None:
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_intact_copied_cache_is_verified_offline_and_never_deleted(copied_cache, fake_hub):
+    # `mvit download` offline: already there, intact, kept (it used to be called damaged and deleted).
+    log_before = len(fake_hub.log)
+    result = hub.download("xxs", "timm", progress=False)
+    assert result.downloaded is False and result.path == copied_cache
+    assert copied_cache.read_bytes() == served(fake_hub)
+    assert [r.state for r in hub.list_cache()] == ["verified"]
+    assert hub.resolve_weights("xxs", "timm", offline=True, progress=False) == copied_cache
+    # Verified once (hashed against the blob huggingface_hub named by the hub's sha256): later runs check a
+    # stat only, so a byte changed under the same size and mtime goes unnoticed until `cache list --verify`.
+    flip_byte(copied_cache, keep_mtime=True)
+    hub._resolved.clear()
+    assert hub.resolve_weights("xxs", "timm", offline=True, progress=False) == copied_cache
+    assert [r.state for r in hub.list_cache(verify=True)] == ["corrupt"]
+    assert len(fake_hub.log) == log_before  # offline throughout
+
+
+def test_tampered_file_in_copied_cache_never_reaches_the_model(copied_cache, fake_hub, monkeypatch):
+    flip_byte(copied_cache)
+    log_before = len(fake_hub.log)
+    for attempt in (lambda: hub.resolve_weights("xxs", "timm", offline=True, progress=False),
+                    lambda: hub.download("xxs", "timm", progress=False)):
+        with pytest.raises(IntegrityError) as info:
+            attempt()
+        message = str(info.value)
+        assert "cannot verify" in message and "cp -a" in message
+        assert "mvit download --variant xxs --source timm" in message and "mvit import" in message
+        assert "\n" not in message
+    assert hub.cached_file("xxs", "timm") is None
+    assert [r.state for r in hub.list_cache()] == ["unverified"]
+    assert copied_cache.exists()  # not known to be corrupt offline: refused, not deleted
+    assert len(fake_hub.log) == log_before  # offline: the hub was not asked
+    # With network, the hub's sha256 settles it: the bad copy is replaced by the intact blob beside it.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    path = hub.resolve_weights("xxs", "timm", progress=False)
+    assert path.read_bytes() == served(fake_hub)
+    assert fake_hub.requests("GET", "/cdn/")[1:] == []  # the one GET is the original download: no new transfer
+
+
+def test_intact_copied_cache_is_confirmed_by_the_hub_without_a_download(fake_hub, tmp_path, monkeypatch):
+    # No blob of that name beside it (only the snapshots were copied): offline it cannot be verified, online
+    # the hub's sha256 confirms it and nothing is downloaded again.
+    hub.resolve_weights("xxs", "timm", progress=False)
+    copy_without_symlinks(tmp_path / "cache", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "copy" / "models--timm--mobilevit_xxs.cvnets_in1k" / "blobs")
+    monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "copy"))
+    hub._resolved.clear()
+    with pytest.raises(IntegrityError, match="cannot verify"):
+        hub.resolve_weights("xxs", "timm", offline=True, progress=False)
+    gets = len(fake_hub.requests("GET", "/cdn/"))
+    result = hub.download("xxs", "timm", progress=False)
+    assert result.downloaded is False and result.path.read_bytes() == served(fake_hub)
+    assert len(fake_hub.requests("GET", "/cdn/")) == gets
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub._resolved.clear()
+    assert hub.resolve_weights("xxs", "timm", offline=True, progress=False) == result.path
+
+
+def test_hf_tree_listing_of_the_pinned_commit_gives_the_expected_sha256(fake_hub, tmp_path, monkeypatch):
+    # huggingface_hub's snapshot_download records each file's LFS sha256 per commit (trees/<commit>.json).
+    # In a copied cache holding that listing, an intact file is verified offline even with no blobs/ beside
+    # it, and a damaged one is known corrupt: deleted, never loaded.
+    from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
+
+    hub.resolve_weights("xxs", "timm", progress=False)
+    repo = tmp_path / "cache" / "models--timm--mobilevit_xxs.cvnets_in1k"
+    data = served(fake_hub)
+    sha = hashlib.sha256(data).hexdigest()
+    write_tree_cache(str(repo), ENTRY.revision, {ENTRY.filename: TreeCacheEntry(
+        size=len(data), blob_id="0" * 40, lfs_sha256=sha, lfs_size=len(data))})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("intact", "damaged"):
+        copy_without_symlinks(tmp_path / "cache", tmp_path / name)
+        shutil.rmtree(tmp_path / name / repo.name / "blobs")
+    intact, damaged = (tmp_path / name / repo.name / "snapshots" / ENTRY.revision / ENTRY.filename
+                       for name in ("intact", "damaged"))
+    hub._resolved.clear()
+    assert hub.resolve_weights("xxs", "timm", cache_dir=tmp_path / "intact", progress=False) == intact
+    flip_byte(damaged)
+    with pytest.raises(WeightsUnavailableError, match="offline"):
+        hub.resolve_weights("xxs", "timm", cache_dir=tmp_path / "damaged", progress=False)
+    assert not damaged.exists()
+
+
+# ------------------------------------------------------------------------------------------ imports vs downloads
+
+
+@pytest.fixture
+def imported_xxs(tmp_path):
+    """A random-weight XXS checkpoint imported into the cache (MVIT_CACHE) as timm weights."""
+    import safetensors.torch
+
+    from mvit_cli.model import build_model
+    from randomize import randomize_
+
+    original = tmp_path / "xxs.safetensors"
+    safetensors.torch.save_file(randomize_(build_model("xxs"), seed=0).state_dict(), original,
+                                metadata={"format": "mvit", "variant": "xxs", "source": "timm"})
+    weights, _ = hub.import_checkpoint(original, variant="xxs", source="timm")
+    return weights
+
+
+def test_a_verified_download_wins_over_a_corrupt_import(fake_hub, imported_xxs, tmp_path):
+    downloaded = hub.download("xxs", "timm", progress=False).path
+    with open(imported_xxs, "ab") as f:
+        f.write(b"damage")  # size changed: the import's marker no longer vouches for it
+    hub._resolved.clear()
+    assert hub.resolve_weights("xxs", "timm", offline=True, progress=False) == downloaded
+    # Without the download, the damaged import is refused, never loaded.
+    hub.clear_cache(variant="xxs", source="timm")
+    hub.import_checkpoint(tmp_path / "xxs.safetensors", variant="xxs", source="timm")
+    with open(imported_xxs, "ab") as f:
+        f.write(b"damage")
+    hub._resolved.clear()
+    with pytest.raises(IntegrityError, match="import them again"):
+        hub.resolve_weights("xxs", "timm", offline=True, progress=False)

@@ -135,6 +135,35 @@ def test_download_then_classify_then_offline_with_the_hub_gone(fake_hub, tmp_pat
     assert [p["index"] for p in predictions] == expected
 
 
+def test_cache_copied_without_symlinks_is_kept_and_a_tampered_copy_refused(fake_hub, tmp_path):
+    # The route the "no weights" error recommends: download on one machine, copy the cache. Copied with
+    # `cp -rL` (or a zip, Windows, rsync without -l) the snapshot is a plain file; XXS timm has no sha256 in
+    # the manifest, so only the cache itself can vouch for it.
+    import shutil
+
+    home = tmp_path / "hf"
+    assert mvit("download", "--variant", "xxs", home=home, endpoint=fake_hub.endpoint).returncode == 0
+    fake_hub.stop()
+    for name in ("intact", "tampered"):
+        shutil.copytree(home, tmp_path / name, symlinks=False, copy_function=shutil.copyfile)
+    snapshot = Path("hub") / "models--timm--mobilevit_xxs.cvnets_in1k" / "snapshots" / TIMM_XXS.revision / TIMM_XXS.filename
+
+    result = mvit("download", "-m", "xxs", home=tmp_path / "intact", endpoint=fake_hub.endpoint, offline=True)
+    assert result.returncode == 0 and "already cached" in result.stdout, result.stderr
+    assert "deleted" not in result.stderr
+    assert (tmp_path / "intact" / snapshot).read_bytes() == timm_files()[1]
+
+    tampered = tmp_path / "tampered" / snapshot
+    data = bytearray(tampered.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    image = tmp_path / "photo.png"
+    image_file(image)
+    result = classify_json(image, tmp_path / "tampered", fake_hub.endpoint)
+    assert_clean_failure(result, "cannot verify", "cp -a", "mvit download --variant xxs --source timm")
+    assert result.stdout == ""
+
+
 def test_no_network_and_no_cache_says_how_to_get_weights(tmp_path):
     home = tmp_path / "hf"
     image = tmp_path / "photo.png"
