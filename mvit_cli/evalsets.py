@@ -128,7 +128,8 @@ def _from_class_folders(directory: Path, folders: list[Path]) -> EvalSet:
     if unknown:
         if any(_WNID.fullmatch(n) for n in unknown):
             hint = ""
-        elif len(folders) == 1:  # pointed one level too high, e.g. at the parent of val/
+        elif len(folders) == 1 and any(p.is_dir() for p in folders[0].iterdir()):
+            # pointed one level too high, e.g. at the parent of val/ (which holds the class folders)
             hint = f"; did you mean {folders[0]}?"
         else:
             hint = f"; {HOW_TO_GET_A_LAYOUT}"

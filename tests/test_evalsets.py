@@ -270,3 +270,11 @@ def test_kaggle_header_may_be_quoted(tmp_path):
         '"ImageId","PredictionString"\nILSVRC2012_val_00000001,"n01440764 1 2 3 4"\n')
     eval_set = load_eval_set(tmp_path / "val")
     assert eval_set.layout == "kaggle" and [item.target for item in eval_set.items] == [0]
+
+
+def test_a_lone_misnamed_class_folder_gets_no_did_you_mean_hint(tmp_path):
+    # "did you mean DIR/N01440764?" pointed into a folder of images, not at a folder of class folders.
+    touch(tmp_path / "val" / "N01440764" / val_name(1))
+    with pytest.raises(DatasetError) as caught:
+        load_eval_set(tmp_path / "val")
+    assert "did you mean" not in str(caught.value) and "N01440764" in str(caught.value)
