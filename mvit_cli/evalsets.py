@@ -128,8 +128,9 @@ def _from_class_folders(directory: Path, folders: list[Path]) -> EvalSet:
     if unknown:
         if any(_WNID.fullmatch(n) for n in unknown):
             hint = ""
-        elif len(folders) == 1 and any(p.is_dir() for p in folders[0].iterdir()):
-            # pointed one level too high, e.g. at the parent of val/ (which holds the class folders)
+        elif any(_WNID.fullmatch(n.lower()) for n in unknown):
+            hint = "; WordNet ids are written in lower case (n01440764)"
+        elif len(folders) == 1:  # pointed one level too high, e.g. at the parent of val/
             hint = f"; did you mean {folders[0]}?"
         else:
             hint = f"; {HOW_TO_GET_A_LAYOUT}"

@@ -278,3 +278,4 @@ def test_a_lone_misnamed_class_folder_gets_no_did_you_mean_hint(tmp_path):
     with pytest.raises(DatasetError) as caught:
         load_eval_set(tmp_path / "val")
     assert "did you mean" not in str(caught.value) and "N01440764" in str(caught.value)
+    assert "lower case" in str(caught.value)
