@@ -1,4 +1,4 @@
-"""ONNX and TorchScript exports of a model, the export cache next to the weights, and the onnxruntime backend.
+"""ONNX and TorchScript exports of a model, the export cache, and the onnxruntime backend.
 
 Both formats are traced: MobileViT's forward decides from the input's height and width whether feature maps
 must be resized to a multiple of the patch size, so an export is valid for the input size it was made at
@@ -6,9 +6,12 @@ must be resized to a multiple of the patch size, so an export is valid for the i
 per input size it meets.
 
 Cache. The onnxruntime backend exports once per (weights file, variant, input size, torch / onnx opset /
-mvit versions) and keeps the file in a `mvit-exports/` folder beside the weights (or, where that folder is
-not writable, in the user cache folder), named by a hash of that key: a changed weights file (size or
-modification time), a new torch or a new mvit gives a new export instead of a stale one.
+mvit versions) and keeps the file named by a hash of that key: a changed weights file (size or modification
+time), a new torch or a new mvit gives a new export instead of a stale one. Where: for weights of the weight
+cache (downloads, imports) in mvit's own `<cache root>/mvit/exports/<origin>/` (hub.py), never inside
+huggingface_hub's repo folders, so that `mvit cache clear` removes them with their weights; for a file given
+with --weights, in a `mvit-exports/` folder beside it; where that folder is not writable, in the user cache
+folder.
 """
 
 from __future__ import annotations
@@ -227,8 +230,12 @@ def user_cache_dir() -> Path:
 
 
 def export_folder(weights_path: Path) -> Path | None:
-    """`mvit-exports/` beside the weights file, else the user cache folder; None if neither is writable."""
-    for folder in (Path(weights_path).parent / EXPORT_DIR_NAME, user_cache_dir()):
+    """Where exports of `weights_path` are cached: mvit's exports folder in the weight cache for a cached file,
+    else `mvit-exports/` beside it; the user cache folder if that is not writable; None if nothing is."""
+    from mvit_cli import hub
+
+    preferred = hub.cache_exports_folder(weights_path) or Path(weights_path).parent / EXPORT_DIR_NAME
+    for folder in (preferred, user_cache_dir()):
         if _writable_dir(folder):
             return folder
     return None
@@ -238,7 +245,7 @@ def cached_export(model: nn.Module, weights_path: Path | None, height: int, widt
                   export_dir: Path | None = None, scratch_dir: Path | None = None) -> tuple[Path, bool]:
     """(path, reused): the cached export of `model` for this input size, made now if missing.
 
-    The cache folder is `export_dir` if given, else the one beside the weights (`export_folder`). Without
+    The cache folder is `export_dir` if given, else the one `export_folder` picks for the weights. Without
     `weights_path` there is no file identity to key a cache on, and where no folder is writable there is no
     cache: the export is made afresh in `scratch_dir` (the caller's temporary folder).
     """

@@ -11,6 +11,12 @@ read when mvit runs, not when huggingface_hub was imported). Inside it:
     mvit/imports/mobilevit_<variant>-<source>.safetensors   `mvit import`ed weights, canonical keys
     mvit/imports/mobilevit_<variant>-<source>.json          where they came from, and their sha256
     mvit/verified/<name>.json                               "this file, with this size and mtime, hashed OK"
+    mvit/exports/<origin>/<name>-<variant>-<H>x<W>-<key>.onnx  onnxruntime exports of the cached weights
+                                                            (export.py); <origin>: the repo folder's name
+                                                            for a download, imports--<import's name>
+
+Exports live in mvit's own folder, never inside huggingface_hub's repo folders (which timm and transformers
+manage too), and `clear_cache` removes them with the weights they were made from.
 
 Verification. A download is hashed once, when it arrives, against the manifest's sha256 (or, where that is
 not established, the LFS sha256 the hub reports for the pinned commit); a mismatch deletes it. A marker
@@ -48,6 +54,8 @@ from mvit_cli.manifest import WeightEntry
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MVIT_DIR = "mvit"  # mvit's own folder inside the cache root
+EXPORTS_DIR = "exports"  # inside MVIT_DIR: ONNX exports of cached weights, one subfolder per origin
+_OTHER_ORIGIN = "other"  # exports of a file under the cache root that is neither a download nor an import
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TRUE = {"1", "on", "yes", "true"}
 _HEAD_TIMEOUT_S = 10.0
@@ -161,10 +169,10 @@ class CachedFile:
 
     variant: str
     source: str
-    kind: str  # "download" or "import"
+    kind: str  # "download" or "import" ("exports" in what clear_cache removed: a folder of ONNX exports)
     path: Path  # what to load (for downloads: the snapshot path, usually a link to the blob)
     size: int
-    state: str  # "verified", "unverified" (not hashed yet) or "corrupt"
+    state: str  # "verified", "unverified" (not hashed yet) or "corrupt"; "-" for exports
     detail: str  # repo and file for downloads, provenance for imports
 
 
@@ -622,8 +630,82 @@ def list_cache(cache_dir: Path | None = None, verify: bool = False) -> list[Cach
     return rows
 
 
+def exports_root(cache_dir: Path | None = None) -> Path:
+    """mvit's folder for ONNX exports of cached weights: `<cache root>/mvit/exports`."""
+    return cache_root(cache_dir) / MVIT_DIR / EXPORTS_DIR
+
+
+def _download_origin(entry: WeightEntry) -> str:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return repo_folder_name(repo_id=entry.repo_id, repo_type="model")
+
+
+def _import_origin(variant: str, source: str) -> str:
+    return f"imports--{_import_paths(Path(), variant, source)[0].stem}"
+
+
+def _cache_origin(weights: Path) -> tuple[Path, str] | None:
+    """(cache root, origin) when `weights` is a file of a weight cache, read from its path: a huggingface_hub
+    download (`<root>/models--*/snapshots/<commit>/...` or `.../blobs/<sha>`), an import
+    (`<root>/mvit/imports/<name>`), or any other file under the configured cache root. None otherwise.
+
+    The path itself names its root, so this holds for a cache given with --cache-dir too, which the runtime
+    never sees."""
+    parts = weights.parts
+    for i in range(len(parts) - 3, 0, -1):  # innermost repo folder first
+        if parts[i].startswith("models--") and (
+            (parts[i + 1] == "snapshots" and len(parts) >= i + 4) or (parts[i + 1] == "blobs" and len(parts) == i + 3)
+        ):
+            return Path(*parts[:i]), parts[i]
+    if len(parts) >= 4 and parts[-2] == "imports" and parts[-3] == MVIT_DIR:
+        return Path(*parts[:-3]), f"imports--{weights.stem}"
+    root = Path(os.path.abspath(cache_root()))
+    if root in weights.parents:
+        return root, _OTHER_ORIGIN
+    return None
+
+
+def cache_exports_folder(weights_path: Path) -> Path | None:
+    """Where exports of `weights_path` belong when it is a file of a weight cache (see `_cache_origin`):
+    `<root>/mvit/exports/<origin>/`. None for a file outside any cache (its exports stay beside it)."""
+    found = _cache_origin(Path(os.path.abspath(weights_path)))
+    if found is None:
+        return None
+    root, origin = found
+    return root / MVIT_DIR / EXPORTS_DIR / origin
+
+
+def _folder_size(folder: Path) -> int:
+    total = 0
+    for p in folder.rglob("*"):
+        try:
+            if p.is_file() and not p.is_symlink():
+                total += p.stat().st_size
+        except OSError:  # removed meanwhile (another process cleaning up its temporary export)
+            pass
+    return total
+
+
+def exports_size(cache_dir: Path | None = None) -> tuple[Path, int]:
+    """(mvit's exports folder, bytes of the exports in it); 0 when it does not exist."""
+    folder = exports_root(cache_dir)
+    return folder, (_folder_size(folder) if folder.is_dir() else 0)
+
+
+def _remove_exports(root: Path, variant: str, source: str, origin: str) -> CachedFile | None:
+    """Delete the exports made from one cached file (their folder); what was removed, or None."""
+    folder = root / MVIT_DIR / EXPORTS_DIR / origin
+    if not folder.is_dir():
+        return None
+    size = _folder_size(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    return CachedFile(variant, source, "exports", folder, size, "-", "ONNX exports of the onnxruntime backend")
+
+
 def clear_cache(variant: str | None = None, source: str | None = None, cache_dir: Path | None = None) -> list[CachedFile]:
-    """Delete mvit's weight files (downloads and imports) for the given variant/source (None: all).
+    """Delete mvit's weight files (downloads and imports) for the given variant/source (None: all), and the
+    ONNX exports made from them (kind "exports"; without a filter, the whole exports folder).
 
     Only the manifest's files are removed from huggingface_hub's repo folders; a repo folder left without any
     file is removed whole.
@@ -644,7 +726,14 @@ def clear_cache(variant: str | None = None, source: str | None = None, cache_dir
             for path in _import_paths(root, entry.variant, entry.source):
                 path.unlink(missing_ok=True)
             removed.append(found)
+        # Exports go even when their weights are gone already (e.g. deleted with `hf cache delete`).
+        for origin in (_download_origin(entry), _import_origin(entry.variant, entry.source)):
+            exports = _remove_exports(root, entry.variant, entry.source, origin)
+            if exports is not None:
+                removed.append(exports)
         _forget(root, entry.variant, entry.source)
+    if variant is None and source is None:  # "everything mvit cached": exports of other files too
+        shutil.rmtree(root / MVIT_DIR / EXPORTS_DIR, ignore_errors=True)
     return removed
 
 
@@ -672,11 +761,14 @@ def describe_root(cache_dir: Path | None = None) -> str:
 __all__ = [
     "CachedFile",
     "ImportRecord",
+    "cache_exports_folder",
     "cache_root",
     "cached_file",
     "clear_cache",
     "download",
     "endpoint",
+    "exports_root",
+    "exports_size",
     "import_checkpoint",
     "list_cache",
     "offline_from_env",

@@ -24,7 +24,8 @@ How the CPU path ("torch" backend) gets its speed, each step measured in benchma
    32 runs 2.0-2.1x faster with it).
 
 The "onnxruntime" backend (optional extra `mvit-cli[onnx]`) runs an ONNX export of the folded model, cached
-next to the weights (`export.py`), with the same image-per-core scheme. On CUDA and MPS the model runs
+once (`export.py`: in `<cache>/mvit/exports/` for cached weights, in `mvit-exports/` beside any other weights
+file), with the same image-per-core scheme. On CUDA and MPS the model runs
 eagerly in channels_last: exact, simple, and batch parallelism is what those devices are good at anyway.
 """
 

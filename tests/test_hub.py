@@ -297,6 +297,43 @@ def test_clear_removes_only_mvit_files(fake_hub, tmp_path):
     assert hub.list_cache() == []
 
 
+def test_exports_folder_of_a_cached_file_is_mvits_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "env-cache"))
+    root = tmp_path / "given"  # a --cache-dir: recognised from the path, whatever the environment says
+    repo = "models--timm--mobilevit_xxs.cvnets_in1k"
+    exports = root / "mvit" / "exports"
+    assert hub.cache_exports_folder(root / repo / "snapshots" / ENTRY.revision / "model.safetensors") == exports / repo
+    assert hub.cache_exports_folder(root / repo / "snapshots" / ENTRY.revision / "sub" / "w.bin") == exports / repo
+    assert hub.cache_exports_folder(root / repo / "blobs" / ("0" * 64)) == exports / repo
+    imported = root / "mvit" / "imports" / "mobilevit_s-apple.safetensors"
+    assert hub.cache_exports_folder(imported) == exports / "imports--mobilevit_s-apple"
+    env_root = tmp_path / "env-cache"
+    assert hub.cache_exports_folder(env_root / "x" / "w.pt") == env_root / "mvit" / "exports" / "other"
+    assert hub.cache_exports_folder(tmp_path / "elsewhere" / "w.safetensors") is None
+    assert hub.cache_exports_folder(tmp_path / repo / "w.safetensors") is None  # not inside snapshots/
+
+
+def test_clear_removes_the_exports_of_what_it_clears(fake_hub, tmp_path):
+    root = tmp_path / "cache"
+    path = hub.resolve_weights("xxs", "timm", progress=False)
+    folder = hub.cache_exports_folder(path)
+    folder.mkdir(parents=True)
+    (folder / "model-xxs-64x64-0123456789abcdef.onnx").write_bytes(b"x" * 1000)
+    other = hub.exports_root() / "imports--mobilevit_s-timm"  # another variant's, its weights already gone
+    other.mkdir()
+    (other / "mobilevit_s-timm-s-64x64-0123456789abcdef.onnx").write_bytes(b"x" * 500)
+    assert hub.exports_size() == (root / "mvit" / "exports", 1500)
+
+    assert hub.clear_cache(variant="xxs", source="apple") == []
+    removed = hub.clear_cache(variant="xxs", source="timm")
+    assert [(r.variant, r.source, r.kind) for r in removed] == [("xxs", "timm", "download"), ("xxs", "timm", "exports")]
+    assert removed[1].path == folder and removed[1].size == 1000
+    assert not folder.exists() and other.is_dir()
+    removed = hub.clear_cache(variant="s")  # exports go even where their weights are gone already
+    assert [(r.variant, r.source, r.kind) for r in removed] == [("s", "timm", "exports")]
+    assert hub.exports_size()[1] == 0
+
+
 # ------------------------------------------------------------------------------------------ copied caches
 
 

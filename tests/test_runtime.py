@@ -196,6 +196,87 @@ def test_a_changed_weights_file_gets_a_new_export(model, tmp_path, needs_onnxrun
     assert new != old and not reused
 
 
+def files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def test_exports_of_imported_weights_live_in_mvits_cache_folder_and_are_cleared_with_them(
+        model, weights_file, tmp_path):
+    from mvit_cli import hub
+
+    # Given as --cache-dir would be: not the cache root the environment names, so the runtime (which never
+    # sees --cache-dir) must recognise the cache from the weights' path.
+    root = tmp_path / "cache"
+    exports = {}
+    for source in ("timm", "apple"):  # two cached files of one variant: clearing one keeps the other's export
+        imported, _ = hub.import_checkpoint(weights_file, "xxs", source, cache_dir=root)
+        runner = runtime.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=imported)
+        runner(structured_images(1, 64))
+        path, reused = runner.exports[(64, 64)]
+        assert not reused and path.suffix == ".onnx"
+        assert path.parent == root / "mvit" / "exports" / f"imports--mobilevit_xxs-{source}"
+        exports[source] = path
+    assert not (root / "mvit" / "imports" / "mvit-exports").exists()
+
+    assert hub.clear_cache(variant="s", cache_dir=root) == []  # another variant: nothing goes
+    assert all(p.is_file() for p in exports.values())
+    removed = hub.clear_cache(variant="xxs", source="apple", cache_dir=root)
+    assert sorted((r.variant, r.source, r.kind) for r in removed) == [("xxs", "apple", "exports"),
+                                                                       ("xxs", "apple", "import")]
+    assert not exports["apple"].exists() and exports["timm"].is_file()
+    hub.clear_cache(cache_dir=root)
+    assert not exports["timm"].exists() and files_under(root / "mvit") == []
+
+
+def test_exports_of_downloaded_weights_stay_out_of_the_hf_snapshot_tree(model, weights_file, tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from mvit_cli import hub, inference, manifest
+
+    # A download as huggingface_hub lays it out: the snapshot file links to a blob named by its sha256.
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for name in ("MVIT_CACHE", "HF_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    root = tmp_path / "hf" / "hub"
+    entry = manifest.entry("xxs", "timm")
+    data = weights_file.read_bytes()
+    repo = root / "models--timm--mobilevit_xxs.cvnets_in1k"
+    blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(data)
+    snapshot = repo / "snapshots" / entry.revision / entry.filename
+    snapshot.parent.mkdir(parents=True)
+    os.symlink(os.path.relpath(blob, snapshot.parent), snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(entry.revision)
+    before = files_under(repo)
+
+    loaded = inference.load_model("xxs", "timm", device="cpu", backend="onnxruntime", offline=True, progress=False)
+    assert loaded.weights_path == snapshot
+    loaded.run(structured_images(1, 64))
+    path, _ = loaded.run.exports[(64, 64)]
+    assert path.parent == root / "mvit" / "exports" / repo.name and path.is_file()
+    assert files_under(repo) == before  # nothing of mvit's inside huggingface_hub's repo folder
+
+    hub.clear_cache(variant="xxs", source="apple")
+    assert path.is_file()
+    removed = hub.clear_cache(variant="xxs", source="timm")
+    assert sorted(r.kind for r in removed) == ["download", "exports"]
+    assert not path.exists() and not repo.exists()
+
+
+def test_a_file_outside_any_cache_keeps_its_exports_beside_it(tmp_path, monkeypatch):
+    from mvit_cli import export
+
+    monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "mine" / "w.safetensors"
+    assert export.export_folder(weights) == tmp_path / "mine" / "mvit-exports"
+    # Under the configured cache root, but neither a download nor an import: mvit's folder all the same.
+    in_root = tmp_path / "cache" / "w.safetensors"
+    assert export.export_folder(in_root) == tmp_path / "cache" / "mvit" / "exports" / "other"
+
+
 def test_cuda_calls_compute_in_full_float32_and_restore_the_flags():
     # The flags are plain settings, so this runs without a GPU: inside a CUDA call TF32 is off, afterwards the
     # user's choice is back.

@@ -265,9 +265,23 @@ def test_import_bin_then_use_offline(kind, tmp_path, monkeypatch):
         assert result.returncode == 0, result.stderr
         assert len(json.loads(result.stdout)[0]["predictions"]) == 5
 
+    # The onnxruntime backend's export of the import goes to mvit's exports folder, which `cache list` sizes ...
+    pytest.importorskip("onnxruntime")
+    ort = inference.load_model("xxs", kind, device="cpu", backend="onnxruntime", cache_dir=home / "hub",
+                               offline=True, progress=False)
+    ort.run(structured_images(1, 64))
+    export_file = ort.run.exports[(64, 64)][0]
+    assert export_file.parent == home / "hub" / "mvit" / "exports" / f"imports--mobilevit_xxs-{kind}"
+    listing = json.loads(mvit("cache", "list", "--format", "json", home=home, endpoint=closed_endpoint(),
+                              offline=True).stdout)
+    assert listing["exports"] == {"path": str(home / "hub" / "mvit" / "exports"),
+                                  "size_bytes": export_file.stat().st_size}
+
+    # ... and `cache clear` removes it with the weights it was made from.
     cleared = mvit("cache", "clear", "--variant", "xxs", home=home, endpoint=closed_endpoint())
     assert cleared.returncode == 0 and f"removed {kind} xxs (import" in cleared.stdout
-    assert not stored.exists()
+    assert f"removed {kind} xxs (exports" in cleared.stdout
+    assert not stored.exists() and not export_file.exists()
 
 
 def test_import_refuses_a_checkpoint_of_another_variant(tmp_path):

@@ -84,7 +84,7 @@ BackendOpt = Annotated[
     typer.Option(
         "--backend",
         help="How the model runs on the CPU: torch (default) or onnxruntime (optional: pip install "
-        "'mvit-cli\\[onnx]'; its ONNX export is cached next to the weights).",
+        "'mvit-cli\\[onnx]'; its ONNX export is made once and cached).",
     ),
 ]
 TableOrJsonOpt = Annotated[

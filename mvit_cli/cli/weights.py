@@ -173,6 +173,7 @@ def cache_list_command(
 
     root = hub.cache_root(cache_dir)
     rows = hub.list_cache(cache_dir=cache_dir, verify=verify)
+    exports_dir, exports_bytes = hub.exports_size(cache_dir)
     if output_format is TableOrJson.json:
         write_json({
             "cache_dir": str(root),
@@ -181,12 +182,15 @@ def cache_list_command(
                  "path": str(r.path), "detail": r.detail}
                 for r in rows
             ],
+            "exports": {"path": str(exports_dir), "size_bytes": exports_bytes},
         })
         return
     from rich.table import Table
 
     console = stdout_console()
     console.print(f"cache folder: {root}", highlight=False, soft_wrap=True)
+    if exports_bytes:
+        console.print(f"ONNX exports: {_mb(exports_bytes)} in {exports_dir}", highlight=False, soft_wrap=True)
     if not rows:
         console.print("no mvit weights cached; get them with `mvit download` or `mvit import FILE`", highlight=False)
         return
@@ -205,7 +209,7 @@ def cache_clear_command(
     ] = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Delete mvit's weight files from the cache: downloads and imports.
+    """Delete mvit's weight files from the cache: downloads and imports, and the ONNX exports made from them.
 
     Only the files mvit's manifest names are removed from huggingface_hub's cache (other files of the same hub
     repositories stay); they are downloaded again when next needed.
