@@ -11,6 +11,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 _SESSION_CACHE = tempfile.mkdtemp(prefix="mvit-tests-")
 for name, sub in (("HF_HOME", "hf"), ("XDG_CACHE_HOME", "xdg")):
     os.environ[name] = os.path.join(_SESSION_CACHE, sub)
@@ -21,3 +23,14 @@ for name in ("HF_HUB_CACHE", "MVIT_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "MVI
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def offline_empty_cache(tmp_path, monkeypatch):
+    """An empty weight cache of this test's own, no network (HF_HUB_OFFLINE), and not under torchrun."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)

@@ -18,13 +18,8 @@ BENCH_KEYS = {"variant", "batch_size", "backend", "latency_ms", "images_per_seco
               "latency_ms_p10", "latency_ms_p90", "images_per_second_p10", "images_per_second_p90", "device"}
 
 
-@pytest.fixture(autouse=True)
-def empty_cache(tmp_path, monkeypatch):
-    """No cached weights, no network: bench must fall back to random weights without downloading."""
-    monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+# No cached weights, no network: bench must fall back to random weights without downloading.
+pytestmark = pytest.mark.usefixtures("offline_empty_cache")
 
 
 @pytest.fixture(scope="module")

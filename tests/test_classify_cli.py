@@ -33,11 +33,7 @@ from mvit_cli.model import build_model
 MVIT = Path(sys.executable).parent / "mvit"
 
 
-@pytest.fixture(autouse=True)
-def _no_network_no_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline_empty_cache")
 
 
 @pytest.fixture(scope="module")

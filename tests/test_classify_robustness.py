@@ -20,6 +20,7 @@ from randomize import randomize_
 from mvit_cli.model import build_model
 
 MVIT = Path(sys.executable).with_name("mvit")
+pytestmark = pytest.mark.usefixtures("offline_empty_cache")
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from mvit_cli.cli.main import app
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("offline_empty_cache")
 
 
 @pytest.fixture(scope="module")

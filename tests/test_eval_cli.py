@@ -36,13 +36,7 @@ JSON_KEYS = {"layout", "variant", "source", "images", "failed", "top1", "top5", 
              "published", "partial", "limit", "labels", "checkpoint"}
 
 
-@pytest.fixture(autouse=True)
-def _no_network_no_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("offline_empty_cache")
 
 
 @pytest.fixture(scope="module")
