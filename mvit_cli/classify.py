@@ -17,6 +17,7 @@ import torch
 from mvit_cli.batching import iter_batches
 from mvit_cli.inputs import ImageInput
 from mvit_cli.labels import CLASSES
+from mvit_cli.metrics import top_k
 from mvit_cli.preprocess import Preprocessing
 
 Record = dict[str, Any]
@@ -31,10 +32,9 @@ def top_k_predictions(logits: torch.Tensor, k: int) -> list[list[dict[str, Any]]
     carry no more precision than that, the numbers stay short, and the top-k of an image never sums to more
     than 1 (with k = 1000 it sums to 1 within 1000 * 1e-8).
     """
-    probabilities = torch.softmax(logits.to(torch.float64), dim=1)
+    indices, values = top_k(logits, min(k, logits.shape[1]))  # ranked by the unrounded probabilities
     scale = 10.0**PROBABILITY_DECIMALS
-    probabilities = torch.floor(probabilities * scale) / scale
-    values, indices = probabilities.topk(min(k, probabilities.shape[1]), dim=1)  # sorted, descending
+    values = torch.floor(values * scale) / scale  # monotone: the order stays descending
     return [
         [
             {
