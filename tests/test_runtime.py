@@ -288,3 +288,28 @@ def test_cuda_calls_compute_in_full_float32_and_restore_the_flags():
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _fusion_groups_in_last_graph() -> int:
+    graph = torch.jit.last_executed_optimized_graph()
+    return sum(1 for node in graph.nodes() if node.kind() == "prim::oneDNNFusionGuard")
+
+
+@pytest.mark.skipif(not runtime.onednn_fusion_wanted(), reason="this torch build has no oneDNN Graph")
+def test_onednn_fusion_is_on_by_default_really_fuses_and_stays_exact(model):
+    runner = runtime.TorchCpuRunner(model, threads=1)
+    assert runner.fuse and "oneDNN Graph fusion" in runner.description
+    x = structured_images(2, 97, seed=12)  # sides that resize inside: the fused graph keeps the interpolations
+    out = runner(x)
+    assert _fusion_groups_in_last_graph() > 10  # conv/linear partitions handed to oneDNN, not a no-op switch
+    assert (out - reference(model, x)).abs().max() <= TOLERANCE
+
+
+def test_onednn_fusion_can_be_switched_off(model, monkeypatch):
+    monkeypatch.setenv("MVIT_ONEDNN_FUSION", "0")
+    runner = runtime.TorchCpuRunner(model, threads=1)
+    assert not runner.fuse and "oneDNN" not in runner.description
+    x = structured_images(1, 64, seed=13)
+    out = runner(x)
+    assert _fusion_groups_in_last_graph() == 0
+    assert (out - reference(model, x)).abs().max() <= TOLERANCE
