@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mvit_cli.errors import UsageError
+from mvit_cli.errors import MvitError, UsageError
 
 ONNX_OPSET = 17  # LayerNormalization is a single op from 17 on; onnxruntime >= 1.14 runs it
 EXPORT_FORMATS = ("onnx", "torchscript")
@@ -150,9 +150,21 @@ class ExportResult:
     checked_with: str | None  # "onnxruntime" or "torch.jit.load"
 
 
+# Largest |logit difference| an export may have from the PyTorch model: the bound every mvit path is held to.
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportParityError(MvitError):
+    """An export that loads back but does not compute what the model computes."""
+
+
 def export(model: nn.Module, fmt: str, path: Path, height: int = 256, width: int = 256,
            verify: bool = True) -> ExportResult:
-    """Export `model` in `fmt` ("onnx" or "torchscript") to `path`, then reload it and measure its parity."""
+    """Export `model` in `fmt` ("onnx" or "torchscript") to `path`, then reload it and measure its parity.
+
+    An export whose logits differ from the model's by more than PARITY_TOLERANCE (or are NaN) is deleted and
+    raises ExportParityError: a wrong file left where a pipeline expects a model would be used silently.
+    """
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
     path = Path(path)
@@ -161,6 +173,12 @@ def export(model: nn.Module, fmt: str, path: Path, height: int = 256, width: int
     else:
         export_torchscript(model, path, height, width)
     diff, checker = (max_abs_diff(model, fmt, path, height, width) if verify else (None, None))
+    if diff is not None and not diff <= PARITY_TOLERANCE:  # `not <=`: NaN fails too
+        path.unlink(missing_ok=True)
+        raise ExportParityError(
+            f"the {fmt} export disagrees with the PyTorch model (max |logit difference| {diff:.2e} with "
+            f"{checker}, allowed {PARITY_TOLERANCE:.0e}), so {path} was removed; --no-check writes it unchecked"
+        )
     return ExportResult(path, fmt, _variant_of(model), (height, width), path.stat().st_size, diff, checker)
 
 

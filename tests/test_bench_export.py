@@ -10,8 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from mvit_cli import benchmark
+from mvit_cli import export as export_module
 from mvit_cli.cli.main import app
-from mvit_cli.model import build_model
+from mvit_cli.model import MobileViT, build_model
 from randomize import randomize_, structured_images
 
 BENCH_KEYS = {"variant", "batch_size", "backend", "latency_ms", "images_per_second", "setup_s", "weights",
@@ -130,3 +131,43 @@ def test_export_to_an_unwritable_place_is_one_clear_line(weights, fmt):
                                       "--input-size", "64"])
     assert result.exit_code == 1
     assert f"cannot write {target}" in result.output and "internal error" not in result.output
+
+
+class _DriftsWhenTraced(MobileViT):
+    """A model whose traced (exported) graph computes something else than its eager forward: what a broken
+    exporter or an unsupported op would produce."""
+
+    drift = 0.0
+
+    def forward(self, x):
+        logits = super().forward(x)
+        return logits + self.drift if torch.jit.is_tracing() else logits
+
+
+def _drifting_model(model, drift):
+    drifting = _DriftsWhenTraced(model.cfg).eval()
+    drifting.load_state_dict(model.state_dict())
+    drifting.drift = drift
+    return drifting
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("drift", [1e-3, float("nan")], ids=["off-by-1e-3", "nan"])
+def test_an_export_that_disagrees_with_the_model_is_an_error_and_removed(model, tmp_path, fmt, drift):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    target = tmp_path / f"m.{fmt}"
+    with pytest.raises(export_module.ExportParityError, match=r"disagrees.*--no-check") as caught:
+        export_module.export(_drifting_model(model, drift), fmt, target, 64, 64)
+    assert caught.value.exit_code == 1
+    assert not target.exists()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_a_difference_within_tolerance_passes_and_unchecked_exports_are_kept(model, tmp_path):
+    small = export_module.export(_drifting_model(model, 1e-6), "torchscript", tmp_path / "a.pt", 64, 64)
+    assert 0 < small.max_abs_diff <= export_module.PARITY_TOLERANCE and small.path.is_file()
+    unchecked = export_module.export(_drifting_model(model, 1.0), "torchscript", tmp_path / "b.pt", 64, 64,
+                                     verify=False)
+    assert unchecked.max_abs_diff is None and unchecked.path.is_file()

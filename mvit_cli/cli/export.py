@@ -59,6 +59,7 @@ def export_command(
 
     After writing, the file is loaded back (onnxruntime for ONNX when installed, torch.jit.load for
     TorchScript) and its logits are compared with the PyTorch model's; the largest difference is printed.
+    Above 1e-4 (or NaN) the file is removed and the command fails with exit code 1.
     Weights as for classify: --weights, or the cache (downloaded when missing unless --offline).
 
     Examples:
