@@ -287,7 +287,7 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 def _how_to_get(entry: WeightEntry, root: Path) -> str:
     return (
-        f"To get them: run `mvit download --variant {entry.variant} --source {entry.source}` on a machine with "
+        f"run `mvit download --variant {entry.variant} --source {entry.source}` on a machine with "
         f"network access and copy its cache folder (`mvit cache list` shows it) to {root} here, or bring the "
         f"checkpoint file ({entry.repo_id} {entry.filename}) and run "
         f"`mvit import FILE --variant {entry.variant} --source {entry.source}`"
@@ -304,11 +304,29 @@ def _unverifiable(entry: WeightEntry, path: Path) -> IntegrityError:
     )
 
 
+def _other_cached_sources(entry: WeightEntry, root: Path) -> list[str]:
+    """Other sources whose weights for this variant are in the cache (e.g. apple weights imported while the
+    run asked for the default, timm): the likeliest fix for a user who imported or downloaded them."""
+    others = []
+    for source in manifest.SOURCES:
+        if source != entry.source:
+            other = manifest.entry(entry.variant, source)
+            found = [_cached_download(other, root, hash_now=True), _cached_import(root, entry.variant, source,
+                                                                                hash_now=True)]
+            if any(f is not None and f.state == "verified" for f in found):
+                others.append(source)
+    return others
+
+
 def _unavailable(entry: WeightEntry, root: Path, reason: str) -> WeightsUnavailableError:
-    return WeightsUnavailableError(
-        f"no {entry.source} weights for MobileViT-{entry.variant.upper()} in the cache {root}, and {reason}. "
-        + _how_to_get(entry, root)
-    )
+    message = f"no {entry.source} weights for MobileViT-{entry.variant.upper()} in the cache {root}, and {reason}. "
+    others = _other_cached_sources(entry, root)
+    if others:
+        message += (f"The cache has {' and '.join(others)} weights for MobileViT-{entry.variant.upper()}: add "
+                    f"`--source {others[0]}` to use them. To get the {entry.source} weights instead: ")
+    else:
+        message += "To get them: "
+    return WeightsUnavailableError(message + _how_to_get(entry, root))
 
 
 @contextmanager
@@ -413,7 +431,7 @@ def _fetch(entry: WeightEntry, root: Path, progress: bool) -> tuple[Path, str, b
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as exc:
         raise WeightsUnavailableError(
             f"the hub at {hub} has no {entry.filename} in {entry.repo_id} at revision {entry.revision} "
-            f"({type(exc).__name__}); if HF_ENDPOINT points to a mirror, it lacks this file. " + _how_to_get(entry, root)
+            f"({type(exc).__name__}); if HF_ENDPOINT points to a mirror, it lacks this file. To get it: " + _how_to_get(entry, root)
         ) from None
     except (OfflineModeIsEnabled, LocalEntryNotFoundError) as exc:
         raise _unavailable(entry, root, f"the hub at {hub} cannot be reached ({_first_line(exc)})") from None

@@ -485,3 +485,28 @@ def test_a_verified_download_wins_over_a_corrupt_import(fake_hub, imported_xxs, 
     hub._resolved.clear()
     with pytest.raises(IntegrityError, match="import them again"):
         hub.resolve_weights("xxs", "timm", offline=True, progress=False)
+
+
+def test_offline_miss_of_the_default_source_points_to_the_source_that_is_cached(fake_hub, tmp_path, monkeypatch):
+    # Apple weights imported, then a run with the default source (timm) offline: the fix is `--source apple`,
+    # not instructions to fetch timm weights the user may not want.
+    import safetensors.torch
+
+    from mvit_cli.model import build_model
+    from randomize import randomize_
+
+    original = tmp_path / "apple-xs.safetensors"
+    safetensors.torch.save_file(randomize_(build_model("xs"), seed=0).state_dict(), original,
+                                metadata={"format": "mvit", "variant": "xs", "source": "apple"})
+    hub.import_checkpoint(original, variant="xs", source="apple")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError) as info:
+        hub.resolve_weights("xs", "timm", progress=False)
+    message = str(info.value)
+    assert "The cache has apple weights for MobileViT-XS: add `--source apple`" in message
+    assert "mvit download --variant xs --source timm" in message  # the other way out stays in the message
+    # Another variant's miss says nothing of the apple XS weights.
+    with pytest.raises(WeightsUnavailableError) as info:
+        hub.resolve_weights("s", "timm", progress=False)
+    assert "--source apple" not in str(info.value) and "To get them: run `mvit download" in str(info.value)
+    assert fake_hub.log == []
