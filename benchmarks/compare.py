@@ -202,7 +202,25 @@ def child_pipeline(spec: dict) -> dict:
     out["end_to_end_ips"] = n / (time.perf_counter() - t0)
     out["background_load"] = load.stop()
     out["ratio_to_slower_side"] = out["end_to_end_ips"] / min(out["decode_only_ips"], out["model_only_ips"])
+    out["cpu_bound_ips"] = cpu_sum_bound(out["decode_only_ips"], out["model_only_ips"], workers,
+                                         runtime.cpu_threads())
+    out["ratio_to_cpu_bound"] = out["end_to_end_ips"] / out["cpu_bound_ips"]
     return out
+
+
+def cpu_sum_bound(decode_ips: float, model_ips: float, workers: int, cores: int) -> float:
+    """Images/s the pipeline could reach if decoding and the model shared `cores` perfectly.
+
+    When decode workers and the model run on the same cores, they cannot both go at their solo speed: each image
+    costs the CPU time of decoding it (decode-only ran on min(workers, cores) cores) plus the CPU time of the
+    model (model-only ran on all cores), and the cores supply `cores` CPU-seconds per second. On a machine with
+    spare cores for the workers this bound exceeds min(decode, model) and the slower side is the limit.
+    """
+    if workers == 0:  # decoding and the model take turns in one process
+        return 1 / (1 / decode_ips + 1 / model_ips)
+    decode_cpu_s = min(workers, cores) / decode_ips
+    model_cpu_s = cores / model_ips
+    return min(cores / (decode_cpu_s + model_cpu_s), decode_ips, model_ips)
 
 
 def spawn(kind: str, spec: dict) -> object:
@@ -265,12 +283,14 @@ def report(model_rows: list[dict], pipeline_rows: list[dict], info: dict) -> str
                              f"| {setup} | {diff} | {load} |")
     if pipeline_rows:
         lines += ["", "| variant | images | batch | workers | decode-only img/s | model-only img/s | end-to-end img/s "
-                  "| e2e / slower side | background load |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| e2e / slower side | CPU-sum bound img/s | e2e / bound | background load |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in pipeline_rows:
             load = "-" if r["background_load"] is None else f"{r['background_load']:.2f}"
             lines.append(f"| {r['variant']} | {r['images']} | {r['batch_size']} | {r['workers']} | "
                          f"{r['decode_only_ips']:.1f} | {r['model_only_ips']:.1f} | {r['end_to_end_ips']:.1f} | "
-                         f"{r['ratio_to_slower_side']:.2f} | {load} |")
+                         f"{r['ratio_to_slower_side']:.2f} | {r['cpu_bound_ips']:.1f} | {r['ratio_to_cpu_bound']:.2f} "
+                         f"| {load} |")
     return "\n".join(lines)
 
 

@@ -297,7 +297,7 @@ class OnnxRuntimeRunner:
 
     def __init__(self, model: nn.Module, weights_path: Path | None = None, export_dir: Path | None = None,
                  threads: int = 1):
-        from mvit_cli.runtime import CPU_MICRO_BATCH, _PerCorePool, tune_allocator
+        from mvit_cli.runtime import ORT_MICRO_BATCH, _PerCorePool, tune_allocator
 
         self.ort = import_onnxruntime()
         require_onnx("the onnxruntime backend (it runs an ONNX export of the model)")
@@ -305,7 +305,7 @@ class OnnxRuntimeRunner:
         self.weights_path = Path(weights_path) if weights_path is not None else None
         self.export_dir = export_dir
         self.threads = max(1, threads)
-        self.micro_batch = CPU_MICRO_BATCH
+        self.micro_batch = ORT_MICRO_BATCH
         self._sessions: dict[tuple[int, int, int], Any] = {}
         self._lock = threading.Lock()
         self._pool = _PerCorePool(self.threads) if self.threads > 1 else None

@@ -15,8 +15,9 @@ How the CPU path ("torch" backend) gets its speed, each step measured in benchma
    ms at batch 1 and 11.3 -> 9.9 ms on one core; S 21.7 -> 18.8 / 39.2 -> 35.8 ms; logits still within
    5e-6. Cost: one profiling call and one compiling call (~0.2 s) per input shape, done while tracing.
    MVIT_ONEDNN_FUSION=0 turns it off (the traced graph then runs unoptimised, as before).
-4. Images are split across the cores, one image per core at a time, each core running single-threaded
-   kernels; a batch of one image runs on all cores instead (lowest latency). Per image this is ~10% faster
+4. Images are split across the cores in chunks of two (`CPU_MICRO_BATCH`; a short last chunk is padded so one
+   trace serves every batch size), each core running single-threaded kernels; a batch of one image runs on
+   all cores instead (lowest latency). Per image, splitting (measured one image per core, unfused) is ~10% faster
    than running the whole batch with multi-threaded kernels on an idle machine (XXS 6.2 vs 6.7 ms, S 21.5 vs
    23.7 ms, 2 cores) and 2.4x faster when another process keeps one core busy (XXS 10.1 vs 24.7 ms):
    single-threaded kernels never wait for a descheduled sibling thread, so decode workers or anything else
@@ -53,9 +54,13 @@ from mvit_cli.errors import UsageError
 
 BACKENDS = ("torch", "onnxruntime")
 
-# Images per call of the per-core model on the CPU. Measured per image at batch 32 (one image per core at a
-# time vs two vs four): XXS 6.15 / 5.99 / 6.06 ms, S 21.5 / 22.4 / 25.0 ms; one is never worse than 3%.
-CPU_MICRO_BATCH = 1
+# Images per call of the per-core model on the CPU. Measured per image at batch 32 with oneDNN fusion (one image
+# per core at a time vs two vs three or four), two runs each: XXS 6.01 / 5.57 / 5.55 and 5.64 / 5.65 / 5.78 ms,
+# XS 12.02 / 11.34 / 10.90 (four), S 19.95 / 17.89 / 20.66 and 18.71 / 17.37 / 19.19 ms. Two is never worse and
+# 6-10% faster for XS and S. (Unfused, one had been best: XXS 6.15 / 5.99 / 6.06, S 21.5 / 22.4 / 25.0 ms.)
+# The onnxruntime backend keeps one (`ORT_MICRO_BATCH`).
+CPU_MICRO_BATCH = 2
+ORT_MICRO_BATCH = 1
 
 # Traced graphs kept per runner (one per input shape). Beyond that the least recently used is dropped.
 MAX_TRACED_SHAPES = 8
@@ -270,7 +275,7 @@ class _PerCorePool:
 
 
 class TorchCpuRunner(Runner):
-    """BatchNorm folded, channels_last, traced per input shape, one image per core (module docstring)."""
+    """BatchNorm folded, channels_last, traced per input shape, fused, batches split per core (module docstring)."""
 
     def __init__(self, model: nn.Module, threads: int | None = None, micro_batch: int = CPU_MICRO_BATCH,
                  trace: bool = True, fuse: bool | None = None):
@@ -340,10 +345,24 @@ class TorchCpuRunner(Runner):
         n = x.shape[0]
         if n == 0:
             return torch.empty(0, self.module.classifier.out_features)
-        if self._pool is None or n <= self.micro_batch:
+        if self._pool is None or n == 1:
             return self._run_one(x)  # all cores on one image: lowest latency
-        chunks = [c.contiguous(memory_format=torch.channels_last) for c in x.split(self.micro_batch)]
-        return torch.cat(self._pool.map(self._run_one, chunks))
+        return torch.cat(self._pool.map(self._run_one, same_shape_chunks(x, self.micro_batch)))[:n]
+
+
+def same_shape_chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """x split into chunks of `size` images, the last one padded with copies of its last image.
+
+    Every chunk then has one shape, so one traced graph serves every batch size: a short last chunk would need a
+    trace of its own (~0.5 s, the cost of 25-50 images). The padding images cost a little compute; images do not
+    interact in inference, so the real images' logits are unchanged (the caller drops the padding's).
+    """
+    chunks = list(x.split(size))
+    short = size - chunks[-1].shape[0]
+    if short > 0:
+        last = chunks[-1]
+        chunks[-1] = torch.cat([last, last[-1:].expand(short, *last.shape[1:])])
+    return [c.contiguous(memory_format=torch.channels_last) for c in chunks]
 
 
 def prepare(model: nn.Module, device: torch.device, backend: str = "torch", *,

@@ -313,3 +313,23 @@ def test_onednn_fusion_can_be_switched_off(model, monkeypatch):
     out = runner(x)
     assert _fusion_groups_in_last_graph() == 0
     assert (out - reference(model, x)).abs().max() <= TOLERANCE
+
+
+def test_one_trace_serves_every_batch_size_above_one(model):
+    # Batches split into chunks of CPU_MICRO_BATCH; a short last chunk is padded instead of traced anew
+    # (a trace costs ~0.5 s). The padding's logits never reach the caller.
+    runner = runtime.TorchCpuRunner(model, threads=2, micro_batch=2)
+    for n in (2, 3, 5, 4):
+        x = structured_images(n, 64, seed=20 + n)
+        out = runner(x)
+        assert out.shape == (n, 1000)
+        assert (out - reference(model, x)).abs().max() <= TOLERANCE
+    assert len(runner._traced) == 1
+
+
+def test_same_shape_chunks_pads_the_last_chunk_with_its_last_image():
+    x = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 3, 2, 2)
+    chunks = runtime.same_shape_chunks(x, 2)
+    assert [c.shape[0] for c in chunks] == [2, 2, 2]
+    assert [c[:, 0, 0, 0].tolist() for c in chunks] == [[0, 1], [2, 3], [4, 4]]
+    assert all(c.is_contiguous(memory_format=torch.channels_last) for c in chunks)
