@@ -345,8 +345,8 @@ class TorchCpuRunner(Runner):
         n = x.shape[0]
         if n == 0:
             return torch.empty(0, self.module.classifier.out_features)
-        if self._pool is None or n == 1:
-            return self._run_one(x)  # all cores on one image: lowest latency
+        if self._pool is None or n <= self.micro_batch:
+            return self._run_one(x)  # one chunk's worth: all cores on it (lowest latency), not one core alone
         return torch.cat(self._pool.map(self._run_one, same_shape_chunks(x, self.micro_batch)))[:n]
 
 

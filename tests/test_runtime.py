@@ -333,3 +333,17 @@ def test_same_shape_chunks_pads_the_last_chunk_with_its_last_image():
     assert [c.shape[0] for c in chunks] == [2, 2, 2]
     assert [c[:, 0, 0, 0].tolist() for c in chunks] == [[0, 1], [2, 3], [4, 4]]
     assert all(c.is_contiguous(memory_format=torch.channels_last) for c in chunks)
+
+
+def test_a_batch_no_bigger_than_one_chunk_runs_on_all_cores_not_on_one_pool_thread(model, monkeypatch):
+    # Regression: with two images per chunk, a batch of two became one chunk on one single-threaded pool thread
+    # while the other core idled. It runs on the calling thread with every core, at the chunk's own shape.
+    runner = runtime.TorchCpuRunner(model, threads=2, micro_batch=2)
+    used_pool = []
+    real_map = runner._pool.map
+    monkeypatch.setattr(runner._pool, "map", lambda fn, chunks: used_pool.append(len(chunks)) or real_map(fn, chunks))
+    for n in (1, 2, 3):
+        x = structured_images(n, 64, seed=30 + n)
+        assert (runner(x) - reference(model, x)).abs().max() <= TOLERANCE
+    assert used_pool == [2]  # only the batch of three was split
+    assert sorted(key[0] for key in runner._traced) == [1, 2]  # the batch of two shares the chunks' trace
