@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import os
+import platform
 import sys
 import threading
 import warnings
@@ -119,8 +120,12 @@ _allocator_tuned = False
 
 def onednn_fusion_wanted() -> bool:
     """Whether traced CPU graphs run with oneDNN Graph fusion (module docstring, step 3): on unless
-    MVIT_ONEDNN_FUSION says otherwise, and only where this torch build has it."""
+    MVIT_ONEDNN_FUSION says otherwise, where this torch build has it, on x86-64 CPUs only: that is where it was
+    measured and where oneDNN Graph's fused kernels are mature (on ARM it would hand graphs to a less-tested
+    path, and a failure inside a fused kernel is not an exception mvit could fall back from)."""
     if os.environ.get("MVIT_ONEDNN_FUSION", "1").lower() in ("0", "off", "false", "no"):
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     return hasattr(torch.jit, "enable_onednn_fusion") and torch.backends.mkldnn.is_available()
 

@@ -347,3 +347,9 @@ def test_a_batch_no_bigger_than_one_chunk_runs_on_all_cores_not_on_one_pool_thre
         assert (runner(x) - reference(model, x)).abs().max() <= TOLERANCE
     assert used_pool == [2]  # only the batch of three was split
     assert sorted(key[0] for key in runner._traced) == [1, 2]  # the batch of two shares the chunks' trace
+
+
+def test_onednn_fusion_stays_off_on_cpus_it_was_not_measured_on(model, monkeypatch):
+    monkeypatch.setattr(runtime.platform, "machine", lambda: "aarch64")
+    assert not runtime.onednn_fusion_wanted()
+    assert not runtime.TorchCpuRunner(model, threads=1).fuse
