@@ -307,15 +307,8 @@ def _unverifiable(entry: WeightEntry, path: Path) -> IntegrityError:
 def _other_cached_sources(entry: WeightEntry, root: Path) -> list[str]:
     """Other sources whose weights for this variant are in the cache (e.g. apple weights imported while the
     run asked for the default, timm): the likeliest fix for a user who imported or downloaded them."""
-    others = []
-    for source in manifest.SOURCES:
-        if source != entry.source:
-            other = manifest.entry(entry.variant, source)
-            found = [_cached_download(other, root, hash_now=True), _cached_import(root, entry.variant, source,
-                                                                                hash_now=True)]
-            if any(f is not None and f.state == "verified" for f in found):
-                others.append(source)
-    return others
+    return [source for source in manifest.SOURCES
+            if source != entry.source and cached_file(entry.variant, source, root) is not None]
 
 
 def _unavailable(entry: WeightEntry, root: Path, reason: str) -> WeightsUnavailableError:
