@@ -342,10 +342,16 @@ class OnnxRuntimeRunner:
         return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.submit(batch).result()
+
+    def submit(self, batch: torch.Tensor) -> Any:
+        """`runtime.Runner.submit`: a batch of several chunks is computed in the background."""
+        from mvit_cli.runtime import Pending
+
         x = batch.detach().to("cpu", torch.float32).contiguous()
         n = x.shape[0]
         if n == 0:
-            return torch.empty(0, getattr(getattr(self.model, "cfg", None), "num_classes", 1000))
+            return Pending.done(torch.empty(0, getattr(getattr(self.model, "cfg", None), "num_classes", 1000)))
         if self._pool is None or n <= self.micro_batch:
-            return self._run(x, self.threads)
-        return torch.cat(self._pool.map(lambda chunk: self._run(chunk.contiguous(), 1), list(x.split(self.micro_batch))))
+            return Pending.done(self._run(x, self.threads))
+        return self._pool.submit(lambda chunk: self._run(chunk.contiguous(), 1), list(x.split(self.micro_batch)), n)

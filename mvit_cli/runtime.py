@@ -20,8 +20,10 @@ How the CPU path ("torch" backend) gets its speed, each step measured in benchma
    all cores instead (lowest latency). Per image, splitting (measured one image per core, unfused) is ~10% faster
    than running the whole batch with multi-threaded kernels on an idle machine (XXS 6.2 vs 6.7 ms, S 21.5 vs
    23.7 ms, 2 cores) and 2.4x faster when another process keeps one core busy (XXS 10.1 vs 24.7 ms):
-   single-threaded kernels never wait for a descheduled sibling thread, so decode workers or anything else
-   sharing the cores slows the model down only in proportion.
+   single-threaded kernels never wait for a descheduled sibling thread, so decoding threads or anything else
+   sharing the cores slows the model down only in proportion. `submit` queues a batch's chunks and returns
+   at once: the pipeline (`batching.run_batches`) queues the next batch behind the running one, so the cores
+   do not idle while the caller handles results.
 5. glibc's allocator hands blocks above its mmap threshold back to the OS on free, so every big tensor is
    page-faulted in again on the next call; raising its thresholds once per process (`mallopt`) keeps them
    (see `tune_allocator`; MVIT_MALLOC_TUNING=0 turns it off). mvit's per-image path rarely allocates that
@@ -44,7 +46,7 @@ import sys
 import threading
 import warnings
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -100,12 +102,13 @@ def cpu_threads() -> int:
 
 
 def default_workers() -> int:
-    """Image-decoding worker processes when the user gives none.
+    """Image-decoding threads when the user gives none (batching.py).
 
-    One per core beyond the first, at most 4: decoding then overlaps the model, which uses every core. Measured
-    on 2 cores (300 ImageNet JPEGs, 3-4 ms each to decode and crop): 1 and 2 workers give the same end-to-end
-    images/s (XXS 103 vs 103, S 40 vs 39), inline decoding (0) is 5-10% slower; more workers only add memory
-    and start-up time.
+    One per core beyond the first, at most 4: decoding overlaps the model, which uses every core. Measured on 2
+    cores (`classify`, 300 ImageNet JPEGs, ~3 ms each to decode and crop, batch 32), images/s with 0 / 1 / 2
+    threads: XXS 142 / 141 / 142, XS 87 / 89 / 84, S 53 / 54 / 56: on 2 cores the model and decoding share the
+    same cores, so one thread or none are equal (0 still overlaps: the model runs the previous batch meanwhile).
+    With spare cores the decoding threads keep a fast model fed; they cost no start-up time.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
     return max(1, min(4, cores - 1))
@@ -183,6 +186,28 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------------------------- runners
 
 
+class Pending:
+    """Logits being computed in the background; `result()` waits for them. A batch's chunks, in order."""
+
+    def __init__(self, chunks: list[Future], size: int):
+        self._chunks = chunks
+        self._size = size  # real images: the last chunk may carry padding (see `same_shape_chunks`)
+
+    @classmethod
+    def done(cls, logits: torch.Tensor) -> Pending:
+        finished: Future = Future()
+        finished.set_result(logits)
+        return cls([finished], logits.shape[0])
+
+    def result(self) -> torch.Tensor:
+        return torch.cat([chunk.result() for chunk in self._chunks])[: self._size]
+
+    def cancel(self) -> None:
+        """Drop the chunks that have not started (when nobody will ask for the result any more)."""
+        for chunk in self._chunks:
+            chunk.cancel()
+
+
 class Runner:
     """Callable: float32 [B, 3, H, W] (any device) -> float32 [B, num_classes] logits on the CPU."""
 
@@ -192,6 +217,11 @@ class Runner:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def submit(self, batch: torch.Tensor) -> Pending:
+        """Start on `batch` and return at once where this runner computes in the background (the per-core CPU
+        runners); the others compute it before returning."""
+        return Pending.done(self(batch))
 
 
 class EagerRunner(Runner):
@@ -264,8 +294,10 @@ class _PerCorePool:
                 self._pool = pool
             return self._pool
 
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor], chunks: list[torch.Tensor]) -> list[torch.Tensor]:
-        return list(self._start().map(fn, chunks))
+    def submit(self, fn: Callable[[torch.Tensor], torch.Tensor], chunks: list[torch.Tensor], size: int) -> Pending:
+        """`fn` on every chunk, queued behind any chunks already queued; the first `size` rows of the results."""
+        pool = self._start()
+        return Pending([pool.submit(fn, chunk) for chunk in chunks], size)
 
     def worker_thread_counts(self) -> list[int]:
         """torch's thread count as each pool thread sees it (a diagnostic: every entry should be 1)."""
@@ -346,13 +378,17 @@ class TorchCpuRunner(Runner):
         return self._execute(self._graph_for(x), x)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.submit(batch).result()
+
+    def submit(self, batch: torch.Tensor) -> Pending:
         x = batch.to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
         n = x.shape[0]
         if n == 0:
-            return torch.empty(0, self.module.classifier.out_features)
+            return Pending.done(torch.empty(0, self.module.classifier.out_features))
         if self._pool is None or n <= self.micro_batch:
-            return self._run_one(x)  # one chunk's worth: all cores on it (lowest latency), not one core alone
-        return torch.cat(self._pool.map(self._run_one, same_shape_chunks(x, self.micro_batch)))[:n]
+            # One chunk's worth: all cores on it now (lowest latency), not one core alone.
+            return Pending.done(self._run_one(x))
+        return self._pool.submit(self._run_one, same_shape_chunks(x, self.micro_batch), n)
 
 
 def same_shape_chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:

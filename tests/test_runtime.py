@@ -340,8 +340,9 @@ def test_a_batch_no_bigger_than_one_chunk_runs_on_all_cores_not_on_one_pool_thre
     # while the other core idled. It runs on the calling thread with every core, at the chunk's own shape.
     runner = runtime.TorchCpuRunner(model, threads=2, micro_batch=2)
     used_pool = []
-    real_map = runner._pool.map
-    monkeypatch.setattr(runner._pool, "map", lambda fn, chunks: used_pool.append(len(chunks)) or real_map(fn, chunks))
+    real_submit = runner._pool.submit
+    monkeypatch.setattr(runner._pool, "submit",
+                        lambda fn, chunks, size: used_pool.append(len(chunks)) or real_submit(fn, chunks, size))
     for n in (1, 2, 3):
         x = structured_images(n, 64, seed=30 + n)
         assert (runner(x) - reference(model, x)).abs().max() <= TOLERANCE
