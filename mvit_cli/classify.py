@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from mvit_cli.batching import iter_batches
+from mvit_cli.batching import iter_batches, run_batches
 from mvit_cli.inputs import ImageInput
 from mvit_cli.labels import CLASSES
 from mvit_cli.metrics import top_k
@@ -63,10 +63,10 @@ def classify_batches(
     `run` maps a [B, 3, H, W] float32 batch to [B, 1000] logits (`LoadedModel.run`).
     """
     sources = [item.source for item in inputs]
-    for batch in iter_batches(sources, preprocessing, batch_size, workers):
+    for batch, logits in run_batches(iter_batches(sources, preprocessing, batch_size, workers), run):
         records: dict[int, Record] = {}
-        if batch.indices:
-            for position, predictions in zip(batch.indices, top_k_predictions(run(batch.images), top_k)):
+        if logits is not None:
+            for position, predictions in zip(batch.indices, top_k_predictions(logits, top_k)):
                 records[position] = {"path": inputs[position].name, "predictions": predictions}
         for position, reason in batch.failures:
             records[position] = {"path": inputs[position].name, "error": reason}

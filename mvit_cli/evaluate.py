@@ -139,7 +139,7 @@ def evaluate(
     pass one (or none), since each sends its shard's predictions. Ctrl-C ends the loop early and gives a
     result marked partial instead of raising.
     """
-    from mvit_cli.batching import iter_batches
+    from mvit_cli.batching import iter_batches, run_batches
 
     rank, world_size = (job.rank, job.world_size) if job else (0, 1)
     positions = list(range(rank, len(eval_set.items), world_size))  # disjoint strided shards, none padded
@@ -155,8 +155,7 @@ def evaluate(
     batches = iter_batches([item.path for item in items], model.preprocessing, batch_size, workers,
                            exif_transpose=False)
     try:
-        for batch in batches:
-            logits = model.run(batch.images) if batch.indices else None  # [B, 3, S, S] -> [B, 1000]
+        for batch, logits in run_batches(batches, model.run):  # [B, 3, S, S] -> [B, 1000]
             with _interrupts_deferred():
                 new = _count(batch, logits, items, positions, state)
                 if stream_predictions and new:
@@ -170,7 +169,7 @@ def evaluate(
     finally:
         close = getattr(batches, "close", None)
         if close:
-            close()  # shuts the decoding workers down now, not at garbage collection
+            close()  # stops the decoding threads now, not at garbage collection
     seconds = time.perf_counter() - start
 
     if job is None:

@@ -56,12 +56,11 @@ def decode_image(source: Path | str | bytes | Unreadable, exif_transpose: bool =
     if not data:
         raise ImageDecodeError("empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            # No `with`: closing would invalidate an image returned as is; the buffer is in memory anyway.
-            image = Image.open(io.BytesIO(data), formats=_formats())
-            image.load()  # decode now: truncation and corruption surface here, inside our try
-            return to_rgb(_upright(image) if exif_transpose else image)
+        _ignore_size_warning()
+        # No `with`: closing would invalidate an image returned as is; the buffer is in memory anyway.
+        image = Image.open(io.BytesIO(data), formats=_formats())
+        image.load()  # decode now: truncation and corruption surface here, inside our try
+        return to_rgb(_upright(image) if exif_transpose else image)
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(_bomb_reason(str(exc))) from None
     except UnidentifiedImageError:
@@ -69,6 +68,14 @@ def decode_image(source: Path | str | bytes | Unreadable, exif_transpose: bool =
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, struct.error) as exc:
         # Pillow's plugins signal damaged data with any of these (e.g. "image file is truncated").
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
+
+
+def _ignore_size_warning() -> None:
+    """Silence Pillow's warning for images between 1x and 2x its pixel limit: mvit decodes them and reports per
+    image. A process-wide filter, put (back) in place on every decode. `warnings.catch_warnings` would scope it,
+    but it is not thread-safe and decoding runs on threads: its exit restores the filter list it saved on entry,
+    undoing whatever another thread set meanwhile."""
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _formats() -> list[str]:

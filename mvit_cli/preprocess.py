@@ -84,14 +84,18 @@ def resize_and_crop(image: Image.Image, p: Preprocessing) -> Image.Image:
     return image.crop(box)
 
 
-def to_uint8_chw(image: Image.Image) -> np.ndarray:
-    """RGB image -> [3, H, W] uint8 array."""
-    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+def to_uint8_hwc(image: Image.Image) -> np.ndarray:
+    """RGB image -> [H, W, 3] uint8 array: Pillow's own pixel order, so nothing is transposed on the way."""
+    return np.asarray(image, dtype=np.uint8)
 
 
 def normalize(pixels: torch.Tensor, p: Preprocessing) -> torch.Tensor:
-    """[..., 3, H, W] uint8 -> float32 in [0, 1] (x / 255, as torchvision's ToTensor), then (x - mean) / std."""
-    x = pixels.to(torch.float32).div_(255)
+    """[..., 3, H, W] uint8 -> float32 in [0, 1] (x / 255, as torchvision's ToTensor), then (x - mean) / std.
+
+    One pass, and the result keeps the input's memory layout: decoded pixels arrive channels-last ([H, W, 3]
+    viewed as [3, H, W]), which is the layout the CPU model runs in, so no transposing copy is ever made.
+    """
+    x = torch.div(pixels, 255)  # uint8 / 255 computes float(x) / 255.0f: the same floats as ToTensor
     if p.mean != (0.0, 0.0, 0.0) or p.std != (1.0, 1.0, 1.0):
         mean = torch.tensor(p.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(p.std, dtype=torch.float32).view(3, 1, 1)
@@ -100,5 +104,6 @@ def normalize(pixels: torch.Tensor, p: Preprocessing) -> torch.Tensor:
 
 
 def preprocess(image: Image.Image, p: Preprocessing) -> torch.Tensor:
-    """Decoded RGB image -> model input [3, crop_size, crop_size] float32."""
-    return normalize(torch.from_numpy(to_uint8_chw(resize_and_crop(image, p))), p)
+    """Decoded RGB image -> model input [3, crop_size, crop_size] float32 (contiguous)."""
+    pixels = torch.from_numpy(to_uint8_hwc(resize_and_crop(image, p)).copy()).permute(2, 0, 1)
+    return normalize(pixels, p).contiguous()

@@ -1,15 +1,17 @@
-"""Parallel decoding into batches: input order, every input exactly once, failures never stop the stream."""
+"""Parallel decoding into batches: input order, every input exactly once, failures never stop the stream;
+and the hand-over of batches to the model."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import threading
+import time
 
 import pytest
 import torch
 from image_corpus import encode, smooth_rgb
 
-from mvit_cli.batching import iter_batches
+from mvit_cli import batching
+from mvit_cli.batching import batch_spans, iter_batches, num_batches, run_batches
 from mvit_cli.images import decode_image
 from mvit_cli.preprocess import Preprocessing, preprocess
 
@@ -58,9 +60,111 @@ def test_pixels_are_the_preprocessed_images_whatever_the_workers(sources):
             assert torch.equal(batch.images[row], preprocess(decode_image(sources[position]), P))
 
 
-def test_worker_imports_stay_light():
-    """Workers started with "spawn" import this module: it must not pull in the model or the references."""
-    code = ("import sys, mvit_cli.batching; heavy = [m for m in ('mvit_cli.model', 'mvit_cli.inference', "
-            "'transformers', 'timm', 'safetensors', 'huggingface_hub', 'rich') if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+def test_first_batches_grow_to_the_batch_size_and_cover_every_input_once():
+    assert [len(span) for span in batch_spans(100, 32)] == [4, 8, 16, 32, 32, 8]
+    assert [len(span) for span in batch_spans(10, 3)] == [3, 3, 3, 1]
+    assert [len(span) for span in batch_spans(3, 1)] == [1, 1, 1]
+    assert list(batch_spans(0, 8)) == []
+    for count, size in ((100, 32), (7, 5), (1000, 64), (5, 4)):
+        positions = [p for span in batch_spans(count, size) for p in span]
+        assert positions == list(range(count))
+        assert num_batches(count, size) == len(list(batch_spans(count, size)))
+
+
+def test_batches_follow_the_spans(sources):
+    batches = collect(sources, 8, 2)
+    spans = list(batch_spans(len(sources), 8))
+    assert [sorted(b.indices + [p for p, _ in b.failures]) for b in batches] == [list(s) for s in spans]
+
+
+def decoder_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("mvit-decode")]
+
+
+def test_decoding_stays_a_bounded_distance_ahead_and_stops_when_the_reader_stops(monkeypatch):
+    decoded = []
+    real_decode = batching.decode_image
+
+    def counting_decode(source, exif_transpose=True):  # a spy: the real decoder, counted
+        decoded.append(source)
+        return real_decode(source, exif_transpose)
+
+    monkeypatch.setattr(batching, "decode_image", counting_decode)
+    image = encode(smooth_rgb(48, 40, seed=1), "PNG")
+    batches = iter_batches([image] * 500, P, 16, workers=2)
+    first = next(batches)
+    assert len(first.indices) == batching.FIRST_BATCH
+    time.sleep(0.5)  # time enough to decode everything, were the decoders not held back
+    spans = list(batch_spans(500, 16))
+    ahead = sum(len(span) for span in spans[: 1 + batching.PREFETCH_BATCHES])
+    assert len(first.indices) < len(decoded) <= ahead
+    batches.close()
+    stopped_at = len(decoded)
+    assert decoder_threads() == []
+    time.sleep(0.2)
+    assert len(decoded) == stopped_at
+
+
+class RecordingRunner:
+    """A runner with `submit`, logging when batches go in and when their results are taken."""
+
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, images):
+        return images.flatten(1).sum(1, keepdim=True)
+
+    def submit(self, images):
+        number = len([e for e in self.events if e[0] == "submit"])
+        self.events.append(("submit", number))
+        runner = self
+
+        class Pending:
+            def result(self):
+                runner.events.append(("result", number))
+                return runner(images)
+
+            def cancel(self):
+                runner.events.append(("cancel", number))
+
+        return Pending()
+
+
+def test_the_model_gets_the_next_batch_before_the_caller_gets_this_one(sources):
+    runner = RecordingRunner()
+    batches = collect(sources, 3, 0)
+    out = []
+    for batch, logits in run_batches(batches, runner):
+        runner.events.append(("caller", len(out)))
+        out.append((batch, logits))
+    # batches 0, 2 and 3 have images; batch 1 (positions 3..5) has one image too; none is failures only here
+    assert [b for b, _ in out] == batches
+    for batch, logits in out:
+        assert torch.equal(logits, runner(batch.images))
+    events = runner.events
+    for number in range(len(batches) - 1):  # batch n+1 was submitted before batch n reached the caller
+        assert events.index(("submit", number + 1)) < events.index(("caller", number))
+    assert events[-1] == ("caller", len(batches) - 1)
+
+
+def test_a_batch_of_failures_only_gets_no_logits_and_plain_callables_work_too():
+    batches = list(iter_batches([b"", b"x", encode(smooth_rgb(40, 40, seed=2), "PNG")], P, 2, 0))
+    assert batches[0].indices == []
+    calls = []
+
+    def plain(images):
+        calls.append(images.shape[0])
+        return images.flatten(1).sum(1, keepdim=True)
+
+    for run in (plain, RecordingRunner()):
+        results = list(run_batches(batches, run))
+        assert results[0][1] is None and results[1][1].shape == (1, 1)
+    assert calls == [1]  # the plain callable was never asked to run an empty batch
+
+
+def test_a_reader_that_stops_early_cancels_the_batch_still_queued(sources):
+    runner = RecordingRunner()
+    stream = run_batches(collect(sources, 3, 0), runner)
+    next(stream)
+    stream.close()
+    assert runner.events[-1] == ("cancel", 1)

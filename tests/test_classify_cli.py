@@ -309,6 +309,24 @@ def test_installed_mvit_streams_jsonl_with_progress_on_a_terminal(setup):
     assert "1 of 4 inputs could not be classified" in stderr
 
 
+def test_a_folder_run_writes_nothing_but_its_summary_to_stderr(setup, tmp_path):
+    """Several batches, decoding threads and per-core model threads at once: stderr carries the failure summary
+    only. Tracer warnings once leaked there: decoding threads reset the warning filters while the model was
+    being traced (photo-sized images keep the decoders busy during the trace)."""
+    root, checkpoint, _, _ = setup
+    for i in range(24):
+        smooth_rgb(1600, 1200, seed=i).save(tmp_path / f"photo_{i:02d}.jpg", quality=90)
+    (tmp_path / "zz_broken.jpg").write_bytes(b"not a jpeg")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf"), "MVIT_CACHE": str(root / "cache")}
+    result = subprocess.run(
+        [str(MVIT), "classify", tmp_path, "--weights", checkpoint, "--format", "csv", "--batch-size", "8",
+         "--workers", "2"], capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == ["mvit: 1 of 25 inputs could not be classified; see their error records"]
+    assert len(result.stdout.splitlines()) == 1 + 24 * 5 + 1  # a header, top-5 rows per image, 1 for the error
+
+
 def test_table_shows_paths_verbatim_even_with_brackets(setup, tmp_path, monkeypatch):
     """rich reads "[...]" as markup; a file called "[bold]cat.jpg" must still be shown as it is named."""
     root, checkpoint, _, _ = setup

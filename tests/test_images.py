@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import warnings
+
 import numpy as np
 import pytest
 from image_corpus import (
@@ -169,3 +173,29 @@ def test_eps_is_not_handed_to_ghostscript():
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
     with pytest.raises(ImageDecodeError, match="not an image"):
         decode_image(eps)
+
+
+def test_decoding_on_another_thread_leaves_this_threads_warning_filters_alone():
+    # Regression: decode_image scoped its filter for Pillow's size warning with warnings.catch_warnings, which is
+    # not thread-safe. Once decoding ran on threads, a decode that began before another thread's catch_warnings
+    # block and ended inside it put back the filter list it had saved, wiping that block's filters: the tracer's
+    # silenced warnings reappeared on stderr in `classify`.
+    photo = encode(smooth_rgb(1400, 1400, seed=3), "PNG")
+    stop = threading.Event()
+
+    def decode_continuously():
+        while not stop.is_set():
+            decode_image(photo)
+
+    decoder = threading.Thread(target=decode_continuously)
+    decoder.start()
+    try:
+        for _ in range(5):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                time.sleep(0.1)  # several decodes begin and end inside this block
+                with pytest.raises(UserWarning):
+                    warnings.warn("this block turns warnings into errors", UserWarning)
+    finally:
+        stop.set()
+        decoder.join()

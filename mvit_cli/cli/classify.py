@@ -117,7 +117,7 @@ def classify_command(
     )
     batch_size = batch_size or runtime.default_batch_size(model.device)
     workers = runtime.default_workers() if workers is None else workers
-    workers = min(workers, num_batches(len(images), batch_size))  # no idle worker processes to start
+    workers = min(workers, num_batches(len(images), batch_size))  # no idle decoding threads to start
 
     failed = 0
     with ExitStack() as stack:
