@@ -40,7 +40,7 @@ class LoadedModel:
 _loaded: dict[tuple, LoadedModel] = {}
 
 
-def _memo_key(variant, source, weights, device, backend, cache_dir, offline) -> tuple:
+def _memo_key(variant, source, weights, device, backend, cache_dir, offline, trace) -> tuple:
     """What decides which model `load_model` returns: the weight file's identity, not just its name."""
     if weights is not None:
         stat = Path(weights).stat()
@@ -50,7 +50,7 @@ def _memo_key(variant, source, weights, device, backend, cache_dir, offline) -> 
 
         # The cache folder as resolved now (HF_HOME / MVIT_CACHE may change between calls in one process).
         origin = ("cache", str(hub.cache_root(cache_dir)), offline)
-    return (variant, source, device, backend, *origin)
+    return (variant, source, device, backend, trace, *origin)
 
 
 def load_model(
@@ -62,16 +62,19 @@ def load_model(
     cache_dir: Path | None = None,
     offline: bool = False,
     progress: bool = True,
+    expected_images: int | None = None,
 ) -> LoadedModel:
     """Load (download if needed, verify, convert) the weights and prepare the model. Memoised per process.
 
     With `weights`, the variant is read from the checkpoint when not given, and the preprocessing protocol is
     that of the detected checkpoint format unless `source` says otherwise. Without, the manifest's file for
-    (variant, source) is taken from the cache or downloaded.
+    (variant, source) is taken from the cache or downloaded. `expected_images`: how many images the caller
+    will run, when it knows (a small job skips tracing, see `runtime.TRACE_MIN_IMAGES`).
     """
     from mvit_cli import checkpoints, manifest, runtime
 
-    key = _memo_key(variant, source, weights, device, backend, cache_dir, offline)
+    key = _memo_key(variant, source, weights, device, backend, cache_dir, offline,
+                    runtime.worth_tracing(expected_images))
     if key in _loaded:
         return _loaded[key]
 
@@ -94,7 +97,7 @@ def load_model(
 
     target = runtime.resolve_device(device)
     loaded = LoadedModel(
-        run=runtime.prepare(checkpoint.model, target, backend, weights_path=path),
+        run=runtime.prepare(checkpoint.model, target, backend, weights_path=path, expected_images=expected_images),
         module=checkpoint.model,
         variant=checkpoint.variant,
         source=source,

@@ -9,6 +9,8 @@ How the CPU path ("torch" backend) gets its speed, each step measured in benchma
    oneDNN's depthwise and 3x3 convolutions are fastest in). A copy is optimised; the given model is untouched.
 2. `torch.jit.trace` + `freeze` per input shape (the model's forward computes patch/resize decisions from the
    shape, so a trace is only valid for the shape it saw: one trace per shape, cached, any shape works).
+   A job known to be smaller than `TRACE_MIN_IMAGES` skips this step and the next: they cost more than they
+   save there.
 3. oneDNN Graph fusion (`torch.jit.enable_onednn_fusion`): the profiling executor hands the frozen graph to
    oneDNN, which fuses each conv with its bias and SiLU, the linears with their activations and adds, so an
    activation is written once instead of two or three times. Measured per image (2 cores): XXS 7.95 -> 6.34
@@ -64,6 +66,15 @@ BACKENDS = ("torch", "onnxruntime")
 # The onnxruntime backend keeps one (`ORT_MICRO_BATCH`).
 CPU_MICRO_BATCH = 2
 ORT_MICRO_BATCH = 1
+
+# A job of fewer images than this runs the folded model eagerly instead of tracing it. Tracing and fusing cost
+# ~0.5 s per process (XXS 0.51, XS 0.49-0.54, S 0.56-0.60 s) and save per image, eager -> traced, 2 cores:
+# XXS 9.4 -> 6.9 ms, XS 17.2 -> 12.9, S 26.5 -> 20.1 at batch 1; one image per core at a time, in pairs: XXS
+# 17.5 -> 12.1, XS 28.6 -> 24.1, S 45.2 -> 34.9 ms per pair. Whole `mvit classify` commands, traced vs eager:
+# 1 photo (XS) 1.95 vs 1.46 s; 60 photos S 3.1-3.3 vs 2.7-2.9 s, XXS 2.3 vs 1.8-2.0; 100 photos S 3.9-4.1 vs
+# 3.7-3.75, XXS 2.6 vs 2.2; 300 photos S 7.2-7.7 vs 8.2-9.0, XXS 3.8-3.9 either way (decoding shares the cores,
+# which hides part of the eager model's slowness). 100 is about where S breaks even; XXS later still.
+TRACE_MIN_IMAGES = 100
 
 # Traced graphs kept per runner (one per input shape). Beyond that the least recently used is dropped.
 MAX_TRACED_SHAPES = 8
@@ -406,12 +417,20 @@ def same_shape_chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [c.contiguous(memory_format=torch.channels_last) for c in chunks]
 
 
+def worth_tracing(expected_images: int | None) -> bool:
+    """Whether a job of `expected_images` (None: unknown, e.g. a benchmark) should trace (TRACE_MIN_IMAGES)."""
+    return expected_images is None or expected_images >= TRACE_MIN_IMAGES
+
+
 def prepare(model: nn.Module, device: torch.device, backend: str = "torch", *,
-            weights_path: Path | None = None, export_dir: Path | None = None) -> Runner:
+            weights_path: Path | None = None, export_dir: Path | None = None,
+            expected_images: int | None = None) -> Runner:
     """The fastest exact way to run `model` on `device` with `backend` ("torch" or "onnxruntime").
 
     `weights_path` (the file the model was loaded from) keys the cached ONNX export of the onnxruntime
     backend, stored next to it; `export_dir` overrides where. Without either, the export is rebuilt per process.
+    `expected_images`, when the caller knows how many images it will run, lets a small job skip tracing on the
+    CPU (`TRACE_MIN_IMAGES`).
     """
     model = model.eval()
     if backend not in BACKENDS:
@@ -423,5 +442,5 @@ def prepare(model: nn.Module, device: torch.device, backend: str = "torch", *,
 
         return OnnxRuntimeRunner(model, weights_path=weights_path, export_dir=export_dir, threads=cpu_threads())
     if device.type == "cpu":
-        return TorchCpuRunner(model)
+        return TorchCpuRunner(model, trace=worth_tracing(expected_images))
     return EagerRunner(model, device)

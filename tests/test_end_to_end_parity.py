@@ -80,3 +80,14 @@ def test_source_overrides_the_protocol_of_the_detected_format(apple_checkpoint, 
     assert loaded.source == "timm" and loaded.preprocessing == manifest.preprocessing("timm")
     loaded = inference.load_model(weights=checkpoint)
     assert loaded.source == "apple" and loaded.preprocessing == manifest.preprocessing("apple")
+
+
+def test_a_small_job_gets_an_untraced_model_and_a_big_one_a_traced_model(apple_checkpoint):
+    from mvit_cli import inference, runtime
+
+    checkpoint, _ = apple_checkpoint
+    small = inference.load_model(weights=checkpoint, device="cpu", expected_images=3)
+    big = inference.load_model(weights=checkpoint, device="cpu", expected_images=runtime.TRACE_MIN_IMAGES)
+    assert not small.run.trace and big.run.trace  # memoised apart: a small job first does not decide for later
+    assert inference.load_model(weights=checkpoint, device="cpu", expected_images=5) is small
+    assert inference.load_model(weights=checkpoint, device="cpu") is big  # unknown size: traced

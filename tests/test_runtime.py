@@ -60,6 +60,18 @@ def test_single_threaded_runner_and_untraced_runner_match(model):
         assert (runner(x) - reference(model, x)).abs().max() <= TOLERANCE
 
 
+def test_a_job_too_small_to_repay_tracing_runs_eagerly(model):
+    cpu = torch.device("cpu")
+    small = runtime.prepare(model, cpu, expected_images=runtime.TRACE_MIN_IMAGES - 1)
+    x = structured_images(3, 64, seed=4)
+    assert (small(x) - reference(model, x)).abs().max() <= TOLERANCE
+    assert not small.trace and small._traced == {} and "eager" in small.description
+    for expected in (None, runtime.TRACE_MIN_IMAGES, 50_000):  # unknown (bench) or big enough: traced
+        runner = runtime.prepare(model, cpu, expected_images=expected)
+        runner(x)
+        assert runner.trace and len(runner._traced) == 1
+
+
 def test_per_core_pool_leaves_the_callers_thread_count_alone(model):
     before = torch.get_num_threads()
     runtime.TorchCpuRunner(model, threads=2)(structured_images(4, 64, seed=3))

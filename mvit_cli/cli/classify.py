@@ -114,6 +114,7 @@ def classify_command(
         backend=backend.value, cache_dir=cache_dir,
         offline=offline,
         progress=output.progress_enabled(),
+        expected_images=len(images),
     )
     batch_size = batch_size or runtime.default_batch_size(model.device)
     workers = runtime.default_workers() if workers is None else workers

@@ -100,6 +100,7 @@ def eval_command(
         model = inference.load_model(
             variant.value if variant else None, source.value if source else None, weights, device_name,
             backend=backend.value, cache_dir=cache_dir, offline=offline, progress=is_main,
+            expected_images=len(eval_set.items) // (job.world_size if job else 1),
         )
         batch_size = batch_size or runtime.default_batch_size(model.device)
         workers = runtime.default_workers() if workers is None else workers
