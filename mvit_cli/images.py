@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,12 +71,20 @@ def decode_image(source: Path | str | bytes | Unreadable, exif_transpose: bool =
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
 
 
+# How `warnings.filterwarnings("ignore", category=...)` records its filter.
+_SIZE_WARNING_FILTER = ("ignore", None, Image.DecompressionBombWarning, None, 0)
+_filters_lock = threading.Lock()
+
+
 def _ignore_size_warning() -> None:
     """Silence Pillow's warning for images between 1x and 2x its pixel limit: mvit decodes them and reports per
-    image. A process-wide filter, put (back) in place on every decode. `warnings.catch_warnings` would scope it,
-    but it is not thread-safe and decoding runs on threads: its exit restores the filter list it saved on entry,
-    undoing whatever another thread set meanwhile."""
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    image. A process-wide filter, put (back) in front whenever it is not there. `warnings.catch_warnings` would
+    scope it, but it is not thread-safe and decoding runs on threads: its exit restores the filter list it saved
+    on entry, undoing whatever another thread set meanwhile. The lock keeps concurrent decoders from adding it
+    twice."""
+    if warnings.filters[:1] != [_SIZE_WARNING_FILTER]:
+        with _filters_lock:
+            warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _formats() -> list[str]:

@@ -199,3 +199,16 @@ def test_decoding_on_another_thread_leaves_this_threads_warning_filters_alone():
     finally:
         stop.set()
         decoder.join()
+
+
+def test_decoders_on_many_threads_install_the_size_warning_filter_once():
+    photo = encode(smooth_rgb(300, 200, seed=4), "PNG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # something else in front, as pytest or a user may put there
+        threads = [threading.Thread(target=lambda: [decode_image(photo) for _ in range(40)]) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        ours = [f for f in warnings.filters if f[0] == "ignore" and f[2] is Image.DecompressionBombWarning]
+        assert len(ours) == 1 and warnings.filters[0] is ours[0]
