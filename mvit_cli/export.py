@@ -24,12 +24,15 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from mvit_cli.errors import MvitError, UsageError
+
+if TYPE_CHECKING:
+    from mvit_cli.runtime import Pending
 
 ONNX_OPSET = 17  # LayerNormalization is a single op from 17 on; onnxruntime >= 1.14 runs it
 EXPORT_FORMATS = ("onnx", "torchscript")
@@ -344,9 +347,9 @@ class OnnxRuntimeRunner:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return self.submit(batch).result()
 
-    def submit(self, batch: torch.Tensor) -> Any:
+    def submit(self, batch: torch.Tensor) -> Pending:
         """`runtime.Runner.submit`: a batch of several chunks is computed in the background."""
-        from mvit_cli.runtime import Pending
+        from mvit_cli.runtime import Pending  # at call time: runtime imports this module lazily
 
         x = batch.detach().to("cpu", torch.float32).contiguous()
         n = x.shape[0]

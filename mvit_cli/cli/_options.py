@@ -70,7 +70,8 @@ OfflineOpt = Annotated[
 ]
 BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
 WorkersOpt = Annotated[
-    Optional[int], typer.Option("--workers", "-j", min=0, help="Image-decoding threads (0: decode between model calls).")
+    Optional[int],
+    typer.Option("--workers", "-j", min=0, help="Image-decoding threads (0: decode between model calls)."),
 ]
 
 
