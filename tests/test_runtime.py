@@ -339,6 +339,29 @@ def test_one_trace_serves_every_batch_size_above_one(model):
     assert len(runner._traced) == 1
 
 
+def test_a_lone_last_image_borrows_the_chunks_trace_instead_of_tracing_its_own(model):
+    # Regression: a last batch of one image (e.g. 285 images) traced a graph of its own: ~0.5 s for one image.
+    runner = runtime.TorchCpuRunner(model, threads=2, micro_batch=2)
+    x = structured_images(5, 64, seed=40)
+    runner(x[:4])
+    out = runner(x[4:])
+    assert len(runner._traced) == 1
+    assert (out - reference(model, x[4:])).abs().max() <= TOLERANCE
+    fresh = runtime.TorchCpuRunner(model, threads=2, micro_batch=2)
+    fresh(x[:1])  # no chunk graph yet: a single image gets its own (lowest latency, nothing padded)
+    assert sorted(key[0] for key in fresh._traced) == [1]
+
+
+def test_a_single_core_runner_also_runs_every_batch_size_on_one_trace(model):
+    # Regression: with one thread (a 1-core machine, OMP_NUM_THREADS=1 under torchrun) every batch ran whole,
+    # so each batch size (the pipeline's first batches grow 4, 8, 16, ...) cost a trace of its own.
+    runner = runtime.TorchCpuRunner(model, threads=1, micro_batch=2)
+    for n in (4, 8, 5, 3):
+        x = structured_images(n, 64, seed=50 + n)
+        assert (runner(x) - reference(model, x)).abs().max() <= TOLERANCE
+    assert [key[0] for key in runner._traced] == [2]
+
+
 def test_same_shape_chunks_pads_the_last_chunk_with_its_last_image():
     x = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 3, 2, 2)
     chunks = runtime.same_shape_chunks(x, 2)
