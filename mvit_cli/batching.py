@@ -49,15 +49,22 @@ class Batch:
     failures: list[tuple[int, str]]  # (position, reason) of inputs that failed to decode in this batch
 
 
-def load_pixels(source: Source, preprocessing: Preprocessing, exif_transpose: bool = True) -> np.ndarray:
-    """Decode one image and resize/crop it: [crop, crop, 3] uint8. Raises on any failure."""
-    return to_uint8_hwc(resize_and_crop(decode_image(source, exif_transpose), preprocessing))
+def load_pixels(source: Source, preprocessing: Preprocessing, exif_transpose: bool = True,
+                fast: bool = False) -> np.ndarray:
+    """Decode one image and resize/crop it: [crop, crop, 3] uint8. Raises on any failure.
+
+    `fast`: JPEGs decoded at a reduced scale and only the crop resampled (see `decode_image`, `resize_and_crop`);
+    not the reference protocol's pixels.
+    """
+    draft_shorter = preprocessing.resize_shorter if fast else None
+    image = decode_image(source, exif_transpose, draft_shorter)
+    return to_uint8_hwc(resize_and_crop(image, preprocessing, fast))
 
 
-def _decode(source: Source, preprocessing: Preprocessing, exif_transpose: bool) -> np.ndarray | str:
+def _decode(source: Source, preprocessing: Preprocessing, exif_transpose: bool, fast: bool) -> np.ndarray | str:
     """The image's pixels, or the reason it has none."""
     try:
-        return load_pixels(source, preprocessing, exif_transpose)
+        return load_pixels(source, preprocessing, exif_transpose, fast)
     except ImageDecodeError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - any failure is this image's error record, never the run's
@@ -94,19 +101,20 @@ def iter_batches(
     batch_size: int,
     workers: int,
     exif_transpose: bool = True,
+    fast_decode: bool = False,
 ) -> Iterator[Batch]:
     """Batches of preprocessed images, in input order, decoded by `workers` threads (0: on the calling thread).
 
     Every input appears exactly once, either in some batch's `indices` or in its `failures`. Batches hold
     `batch_size` consecutive inputs, except the first few, which grow to it (`batch_spans`).
     `exif_transpose=False` ignores EXIF orientation, like the reference evaluation pipelines (see images.py).
-    Closing the iterator early drops the decoding not yet started and waits for the rest (milliseconds).
+    `fast_decode` trades exact reference pixels for speed (`load_pixels`). Closing the iterator early drops the decoding not yet started and waits for the rest (milliseconds).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
 
     def decode(position: int) -> np.ndarray | str:
-        return _decode(sources[position], preprocessing, exif_transpose)
+        return _decode(sources[position], preprocessing, exif_transpose, fast_decode)
 
     spans = batch_spans(len(sources), batch_size)
     if workers <= 0:

@@ -57,13 +57,16 @@ def classify_batches(
     top_k: int = 5,
     batch_size: int = 8,
     workers: int = 0,
+    fast_decode: bool = False,
 ) -> Iterator[list[Record]]:
     """The records of each batch, in input order, as soon as the batch has been through the model.
 
-    `run` maps a [B, 3, H, W] float32 batch to [B, 1000] logits (`LoadedModel.run`).
+    `run` maps a [B, 3, H, W] float32 batch to [B, 1000] logits (`LoadedModel.run`). `fast_decode`: see
+    `batching.load_pixels`.
     """
     sources = [item.source for item in inputs]
-    for batch, logits in run_batches(iter_batches(sources, preprocessing, batch_size, workers), run):
+    batches = iter_batches(sources, preprocessing, batch_size, workers, fast_decode=fast_decode)
+    for batch, logits in run_batches(batches, run):
         records: dict[int, Record] = {}
         if logits is not None:
             for position, predictions in zip(batch.indices, top_k_predictions(logits, top_k)):
@@ -80,7 +83,8 @@ def classify(
     top_k: int = 5,
     batch_size: int = 8,
     workers: int = 0,
+    fast_decode: bool = False,
 ) -> Iterator[Record]:
     """One record per input, in input order (see `classify_batches`)."""
-    for records in classify_batches(inputs, run, preprocessing, top_k, batch_size, workers):
+    for records in classify_batches(inputs, run, preprocessing, top_k, batch_size, workers, fast_decode):
         yield from records

@@ -13,6 +13,7 @@ Pillow's warning about them is silenced because the run reports per image anyway
 from __future__ import annotations
 
 import io
+import math
 import re
 import struct
 import threading
@@ -42,11 +43,15 @@ class Unreadable:
     reason: str
 
 
-def decode_image(source: Path | str | bytes | Unreadable, exif_transpose: bool = True) -> Image.Image:
+def decode_image(source: Path | str | bytes | Unreadable, exif_transpose: bool = True,
+                 draft_shorter: int | None = None) -> Image.Image:
     """Decode a file path or raw bytes into an upright RGB image (mode "RGB", 8 bits per channel).
 
     `exif_transpose=False` keeps the stored pixel orientation, as the published evaluation pipelines (timm,
     transformers) do: `eval` uses it so that its numbers are comparable with theirs.
+    `draft_shorter` lets a JPEG decode at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling, Pillow's draft
+    mode) as long as its shorter side stays at least that long: several times faster for big photos, but the
+    pixels are not those of a full decode (an opt-in, never the default).
 
     Raises ImageDecodeError with a one-line reason for empty, truncated, corrupt, non-image, unreadable and
     oversized (decompression-bomb) inputs.
@@ -60,6 +65,9 @@ def decode_image(source: Path | str | bytes | Unreadable, exif_transpose: bool =
         _ignore_size_warning()
         # No `with`: closing would invalidate an image returned as is; the buffer is in memory anyway.
         image = Image.open(io.BytesIO(data), formats=_formats())
+        if draft_shorter is not None and image.format == "JPEG":
+            scale = draft_shorter / min(image.size)
+            image.draft(None, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
         image.load()  # decode now: truncation and corruption surface here, inside our try
         return to_rgb(_upright(image) if exif_transpose else image)
     except Image.DecompressionBombError as exc:

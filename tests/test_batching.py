@@ -85,9 +85,9 @@ def test_decoding_stays_a_bounded_distance_ahead_and_stops_when_the_reader_stops
     decoded = []
     real_decode = batching.decode_image
 
-    def counting_decode(source, exif_transpose=True):  # a spy: the real decoder, counted
+    def counting_decode(source, *args):  # a spy: the real decoder, counted
         decoded.append(source)
-        return real_decode(source, exif_transpose)
+        return real_decode(source, *args)
 
     monkeypatch.setattr(batching, "decode_image", counting_decode)
     image = encode(smooth_rgb(48, 40, seed=1), "PNG")

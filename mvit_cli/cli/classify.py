@@ -34,6 +34,11 @@ class ClassifyFormat(str, Enum):
     csv = "csv"
 
 
+class Decoding(str, Enum):
+    exact = "exact"
+    fast = "fast"
+
+
 def register(app: typer.Typer) -> None:
     app.command("classify")(classify_command)
 
@@ -56,6 +61,15 @@ def classify_command(
     ] = 5,
     batch_size: BatchSizeOpt = None,
     workers: WorkersOpt = None,
+    decode: Annotated[
+        Decoding,
+        typer.Option(
+            "--decode",
+            help="exact: the weights' reference preprocessing, pixel for pixel. fast: big JPEGs decoded at a "
+            "reduced scale and only the crop resampled; ~4x faster for phone-camera photos, pixels within a few "
+            "grey levels of exact.",
+        ),
+    ] = Decoding.exact,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = Backend.torch,
     output_format: Annotated[
@@ -127,7 +141,8 @@ def classify_command(
         advance, table_console = stack.enter_context(_progress(show_progress, len(images), stream))
         renderer = _renderer(output_format, stream, table_console, images)
         try:
-            for records in classify_batches(images, model.run, model.preprocessing, top_k, batch_size, workers):
+            for records in classify_batches(images, model.run, model.preprocessing, top_k, batch_size, workers,
+                                            fast_decode=decode is Decoding.fast):
                 renderer.write(records)
                 failed += sum("error" in record for record in records)
                 advance(len(records))
