@@ -108,7 +108,8 @@ def iter_batches(
     Every input appears exactly once, either in some batch's `indices` or in its `failures`. Batches hold
     `batch_size` consecutive inputs, except the first few, which grow to it (`batch_spans`).
     `exif_transpose=False` ignores EXIF orientation, like the reference evaluation pipelines (see images.py).
-    `fast_decode` trades exact reference pixels for speed (`load_pixels`). Closing the iterator early drops the decoding not yet started and waits for the rest (milliseconds).
+    `fast_decode` trades exact reference pixels for speed (`load_pixels`).
+    Closing the iterator early drops the decoding not yet started and waits for the rest (milliseconds).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
