@@ -19,13 +19,14 @@ How the CPU path ("torch" backend) gets its speed, each step measured in benchma
    MVIT_ONEDNN_FUSION=0 turns it off (the traced graph then runs unoptimised, as before).
 4. Images are split across the cores in chunks of two (`CPU_MICRO_BATCH`; a short last chunk is padded so one
    trace serves every batch size, on one core as on many), each core running single-threaded kernels; a batch
-   of one image runs on all cores instead (lowest latency), on the chunk's graph, padded, if that exists. Per image, splitting (measured one image per core, unfused) is ~10% faster
-   than running the whole batch with multi-threaded kernels on an idle machine (XXS 6.2 vs 6.7 ms, S 21.5 vs
-   23.7 ms, 2 cores) and 2.4x faster when another process keeps one core busy (XXS 10.1 vs 24.7 ms):
-   single-threaded kernels never wait for a descheduled sibling thread, so decoding threads or anything else
-   sharing the cores slows the model down only in proportion. `submit` queues a batch's chunks and returns
-   at once: the pipeline (`batching.run_batches`) queues the next batch behind the running one, so the cores
-   do not idle while the caller handles results.
+   of one image runs on all cores instead (lowest latency), on the chunk's graph, padded, if that exists. Per
+   image, splitting (measured one image per core, unfused) is ~10% faster than running the whole batch with
+   multi-threaded kernels on an idle machine (XXS 6.2 vs 6.7 ms, S 21.5 vs 23.7 ms, 2 cores) and 2.4x faster
+   when another process keeps one core busy (XXS 10.1 vs 24.7 ms): single-threaded kernels never wait for a
+   descheduled sibling thread, so decoding threads or anything else sharing the cores slows the model down
+   only in proportion. `submit` queues a batch's chunks and returns at once: the pipeline
+   (`batching.run_batches`) queues the next batch behind the running one, so the cores do not idle while the
+   caller handles results.
 5. glibc's allocator hands blocks above its mmap threshold back to the OS on free, so every big tensor is
    page-faulted in again on the next call; raising its thresholds once per process (`mallopt`) keeps them
    (see `tune_allocator`; MVIT_MALLOC_TUNING=0 turns it off). mvit's per-image path rarely allocates that
