@@ -154,15 +154,25 @@ def run_batches(batches: Iterable[Batch], run: Callable[[torch.Tensor], torch.Te
         for batch in batches:
             yield batch, run(batch.images) if batch.indices else None
         return
-    ahead: tuple[Batch, Any] | None = None  # the batch handed to the model last, with its pending logits
+    # (batch, pending logits): the one whose logits are awaited, and the one handed to the model after it
+    waiting: tuple[Batch, Any] | None = None
+    ahead: tuple[Batch, Any] | None = None
     try:
         for batch in batches:
-            done, ahead = ahead, (batch, submit(batch.images) if batch.indices else None)
-            if done is not None:
-                yield done[0], done[1].result() if done[1] is not None else None
+            waiting, ahead = ahead, (batch, submit(batch.images) if batch.indices else None)
+            if waiting is not None:
+                yield _logits_of(waiting)
+                waiting = None
         if ahead is not None:
-            done, ahead = ahead, None
-            yield done[0], done[1].result() if done[1] is not None else None
+            waiting, ahead = ahead, None
+            yield _logits_of(waiting)
+            waiting = None
     finally:
-        if ahead is not None and ahead[1] is not None:
-            ahead[1].cancel()  # the caller stopped early: chunks not started yet are not run
+        for entry in (waiting, ahead):  # the caller stopped early (or Ctrl-C while waiting): drop chunks not started
+            if entry is not None and entry[1] is not None:
+                entry[1].cancel()
+
+
+def _logits_of(entry: tuple[Batch, Any]) -> tuple[Batch, torch.Tensor | None]:
+    batch, pending = entry
+    return batch, pending.result() if pending is not None else None

@@ -168,3 +168,28 @@ def test_a_reader_that_stops_early_cancels_the_batch_still_queued(sources):
     next(stream)
     stream.close()
     assert runner.events[-1] == ("cancel", 1)
+
+
+def test_an_interrupt_while_waiting_for_a_batch_cancels_that_batch_too(sources):
+    # Regression: Ctrl-C arrives while the caller waits for batch n's logits; batch n+1 was cancelled but the
+    # rest of batch n kept running, and the process waited for those chunks before it could exit.
+    class Interrupted(Exception):
+        pass
+
+    class InterruptedRunner(RecordingRunner):
+        def submit(self, images):
+            pending = super().submit(images)
+            number = len([e for e in self.events if e[0] == "submit"]) - 1
+            if number == 1:
+                def interrupted():
+                    self.events.append(("result", number))
+                    raise Interrupted
+                pending.result = interrupted
+            return pending
+
+    runner = InterruptedRunner()
+    stream = run_batches(collect(sources, 3, 0), runner)
+    next(stream)
+    with pytest.raises(Interrupted):
+        next(stream)
+    assert {("cancel", 1), ("cancel", 2)} <= set(runner.events)
