@@ -4,7 +4,7 @@
     /work/venv/bin/python benchmarks/compare.py --variants xxs --rounds 1 --min-seconds 1   # quick look
 
 What is measured, per variant, at batch 1 and at mvit's default batch size:
-- mvit          the default path (`mvit bench`'s measurement: runtime.prepare + first call = setup, then
+- mvit          the default path (`mvit bench`'s measurement: runners.prepare + first call = setup, then
                 warm-up and timed calls), torch backend
 - mvit-ort      the same with --backend onnxruntime (its export is cached next to the weights file, so
                 round 1 pays the export and later rounds reuse it)
@@ -158,11 +158,11 @@ def max_abs_diff(weights: str, variant: str, backend: str) -> float:
     256 px and batch 2 at 224 and 97 px (sizes that resize inside the MobileViT blocks)."""
     import torch
 
-    from mvit_cli import benchmark, checkpoints, runtime
+    from mvit_cli import benchmark, checkpoints, runners
 
     model = checkpoints.load_checkpoint(Path(weights), variant=variant).model
     with tempfile.TemporaryDirectory() as scratch:  # keeps this check's exports out of the timed runs' cache
-        runner = runtime.prepare(model, torch.device("cpu"), backend, export_dir=Path(scratch))
+        runner = runners.prepare(model, torch.device("cpu"), backend, export_dir=Path(scratch))
         worst = 0.0
         for batch, size in ((1, 256), (3, 256), (2, 224), (2, 97)):
             x = benchmark.example_batch(batch, size, size, seed=size)
@@ -175,15 +175,15 @@ def child_pipeline(spec: dict) -> dict:
     """Decode-only, model-only and end-to-end images/s of the classify pipeline (own process)."""
     import torch
 
-    from mvit_cli import benchmark, inference, runtime
-    from mvit_cli.batching import iter_batches
-    from mvit_cli.classify import classify
-    from mvit_cli.inputs import expand_paths
+    from mvit_cli import benchmark, loading, runners
+    from mvit_cli.pipeline.batching import iter_batches
+    from mvit_cli.pipeline.records import classify
+    from mvit_cli.pipeline.inputs import expand_paths
 
     images = expand_paths([spec["images"]]) * spec["repeat"]
-    model = inference.load_model(spec["variant"], None, Path(spec["files"]["mvit"]), "cpu")
-    batch_size = runtime.default_batch_size(torch.device("cpu"))
-    workers = spec.get("workers", runtime.default_workers())
+    model = loading.load_model(spec["variant"], None, Path(spec["files"]["mvit"]), "cpu")
+    batch_size = runners.default_batch_size(torch.device("cpu"))
+    workers = spec.get("workers", runners.default_workers())
     out = {"variant": spec["variant"], "images": len(images), "batch_size": batch_size, "workers": workers}
 
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -204,7 +204,7 @@ def child_pipeline(spec: dict) -> dict:
     out["background_load"] = load.stop()
     out["ratio_to_slower_side"] = out["end_to_end_ips"] / min(out["decode_only_ips"], out["model_only_ips"])
     out["cpu_bound_ips"] = cpu_sum_bound(out["decode_cpu_ms_per_image"] / 1000, out["decode_only_ips"],
-                                         out["model_only_ips"], runtime.cpu_threads())
+                                         out["model_only_ips"], runners.cpu_threads())
     out["ratio_to_cpu_bound"] = out["end_to_end_ips"] / out["cpu_bound_ips"]
     return out
 
@@ -312,9 +312,9 @@ def main() -> None:
 
     import torch
 
-    from mvit_cli import runtime
+    from mvit_cli import runners
 
-    default_bs = runtime.default_batch_size(torch.device("cpu"))
+    default_bs = runners.default_batch_size(torch.device("cpu"))
     batch_sizes = [default_bs if b == "default" else int(b) for b in args.batch_sizes.split(",")]
     contenders = args.contenders.split(",")
     info = machine()

@@ -1,6 +1,6 @@
 """`mvit bench`: how fast a variant runs here, measured the way the classify/eval pipeline runs it.
 
-One measurement: build the runner (`runtime.prepare`), time its first call (tracing / export happen there:
+One measurement: build the runner (`runners.prepare`), time its first call (tracing / export happen there:
 that plus preparing is the setup time), run `warmup` more calls, then time calls until both `repetitions`
 calls and `min_seconds` have passed. Reported: median latency per batch with its 10th-90th percentile
 spread, and images/s from each call's latency (median and the same percentiles).
@@ -35,7 +35,7 @@ class BenchResult:
     device: str
     input_size: list[int]  # [height, width]
     weights: str  # the weights file, or "random"
-    runner: str  # how the model runs (runtime's description)
+    runner: str  # how the model runs (the runner's description)
     threads: int  # torch intra-op threads of this process
     setup_s: float  # preparing the runner + its first call (tracing / export / session)
     warmup: int
@@ -203,16 +203,16 @@ def bench(
 ) -> BenchResult:
     """Measure one (variant, batch size, backend, device). Never downloads: cached weights, `weights`, or
     random weights (reported as "random")."""
-    from mvit_cli import runtime
+    from mvit_cli import runners
 
     model, weights_label, weights_path, variant = _model_for(variant, weights, source, cache_dir)
-    target = runtime.resolve_device(device)
-    batch_size = batch_size or runtime.default_batch_size(target)
+    target = runners.resolve_device(device)
+    batch_size = batch_size or runners.default_batch_size(target)
     size = input_size or model.cfg.default_input_size
     batch = example_batch(batch_size, size, size)
 
     t0 = time.perf_counter()
-    runner = runtime.prepare(model, target, backend, weights_path=weights_path)
+    runner = runners.prepare(model, target, backend, weights_path=weights_path)
     prepare_s = time.perf_counter() - t0
     first_s, summary, load = measure(runner, batch, warmup, repetitions, min_seconds)
     return BenchResult(
@@ -236,13 +236,13 @@ def bench(
 def _model_for(variant: str | None, weights: Path | None, source: str | None,
                cache_dir: Path | None) -> tuple[MobileViT, str, Path | None, str]:
     """(model, label for the report, weights file or None, variant)."""
-    from mvit_cli import checkpoints, hub
+    from mvit_cli import checkpoints, store
 
     if weights is not None:
         checkpoint = checkpoints.load_checkpoint(Path(weights), variant=variant)
         return checkpoint.model, str(weights), Path(weights), checkpoint.variant
     variant = variant or "s"
-    cached = hub.cached_file(variant, source or "timm", cache_dir=cache_dir)
+    cached = store.cached_file(variant, source or "timm", cache_dir=cache_dir)
     if cached is not None:
         return checkpoints.load_checkpoint(cached, variant=variant).model, str(cached), cached, variant
     return random_model(variant), "random", None, variant

@@ -26,6 +26,13 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 SOURCES: tuple[str, ...] = ("timm", "apple")  # the first is the default
 VARIANTS: tuple[str, ...] = ("xxs", "xs", "s")
+DEFAULT_SOURCE = SOURCES[0]
+DEFAULT_VARIANT = "s"
+
+# The preprocessing protocol a checkpoint format was trained/evaluated with, named by its weight source.
+# ml-cvnets' own eval recipe (resize 288 bilinear, crop 256) is the one transformers' processor copies. mvit's own
+# format records its source in the file's metadata.
+FORMAT_SOURCE: dict[str, str | None] = {"mvit": None, "timm": "timm", "transformers": "apple", "cvnets": "apple"}
 
 # How a download is verified: against the sha256 written in the manifest, or (where mvit could not establish
 # it) against the LFS sha256 the hub reports for the pinned commit (its ETag).
@@ -120,6 +127,13 @@ def _check_names(variant: str, source: str) -> None:
         raise UsageError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     if source not in SOURCES:
         raise UsageError(f"unknown weight source {source!r}; expected one of {', '.join(SOURCES)}")
+
+
+def source_for(checkpoint_format: str, recorded_source: str | None = None) -> str:
+    """The weight source whose protocol applies to a checkpoint of this format (mvit files: the one they record)."""
+    source = FORMAT_SOURCE.get(checkpoint_format) or recorded_source or DEFAULT_SOURCE
+    _check_names(VARIANTS[0], source)
+    return source
 
 
 def entry(variant: str, source: str) -> WeightEntry:

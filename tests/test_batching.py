@@ -10,9 +10,9 @@ import pytest
 import torch
 from image_corpus import encode, smooth_rgb
 
-from mvit_cli import batching
-from mvit_cli.batching import batch_spans, iter_batches, num_batches, run_batches
-from mvit_cli.images import decode_image
+from mvit_cli.pipeline import batching
+from mvit_cli.pipeline.batching import batch_spans, iter_batches, num_batches, run_batches
+from mvit_cli.pipeline.images import decode_image
 from mvit_cli.preprocess import Preprocessing, preprocess
 
 P = Preprocessing(284, "bicubic", 256)

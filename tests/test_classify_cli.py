@@ -366,7 +366,7 @@ def test_compact_table_keeps_one_line_per_image_and_shows_file_names():
     # Long paths used to wrap inside the file name ("n01440764_tench.J" / "PEG"), two lines per image.
     from rich.console import Console
 
-    from mvit_cli.render import TableRenderer
+    from mvit_cli.cli.render import TableRenderer
 
     names = [f"/data/some/rather/deep/folder/of/photos/n0144{i:04d}_tench.JPEG" for i in range(6)]
     prediction = {"rank": 1, "index": 0, "wnid": "n01440764", "label": "tench", "probability": 0.5}

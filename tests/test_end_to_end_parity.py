@@ -74,20 +74,20 @@ def test_source_overrides_the_protocol_of_the_detected_format(apple_checkpoint, 
     timm = [p["probability"] for p in mvit_predictions(photo, "--weights", checkpoint, "--source", "timm")]
     assert max(abs(a - b) for a, b in zip(apple, timm)) > 1e-4  # another crop: other probabilities
 
-    from mvit_cli import inference, manifest
+    from mvit_cli import loading, manifest
 
-    loaded = inference.load_model(weights=checkpoint, source="timm")
+    loaded = loading.load_model(weights=checkpoint, source="timm")
     assert loaded.source == "timm" and loaded.preprocessing == manifest.preprocessing("timm")
-    loaded = inference.load_model(weights=checkpoint)
+    loaded = loading.load_model(weights=checkpoint)
     assert loaded.source == "apple" and loaded.preprocessing == manifest.preprocessing("apple")
 
 
 def test_a_small_job_gets_an_untraced_model_and_a_big_one_a_traced_model(apple_checkpoint):
-    from mvit_cli import inference, runtime
+    from mvit_cli import loading, runners
 
     checkpoint, _ = apple_checkpoint
-    small = inference.load_model(weights=checkpoint, device="cpu", expected_images=3)
-    big = inference.load_model(weights=checkpoint, device="cpu", expected_images=runtime.TRACE_MIN_IMAGES)
+    small = loading.load_model(weights=checkpoint, device="cpu", expected_images=3)
+    big = loading.load_model(weights=checkpoint, device="cpu", expected_images=runners.TRACE_MIN_IMAGES)
     assert not small.run.trace and big.run.trace  # memoised apart: a small job first does not decide for later
-    assert inference.load_model(weights=checkpoint, device="cpu", expected_images=5) is small
-    assert inference.load_model(weights=checkpoint, device="cpu") is big  # unknown size: traced
+    assert loading.load_model(weights=checkpoint, device="cpu", expected_images=5) is small
+    assert loading.load_model(weights=checkpoint, device="cpu") is big  # unknown size: traced

@@ -1,4 +1,4 @@
-"""Validation-set layouts and label files (mvit_cli/evalsets.py): detection, search, mapping, errors, --limit.
+"""Validation-set layouts and label files (mvit_cli/evaluation/sets.py): detection, search, mapping, errors, --limit.
 
 Image contents do not matter here (nothing is decoded), so the "images" are empty files with image names.
 The class facts below are the test's own ground truth, from the ImageNet devkit's map_clsloc.txt (ILSVRC2012_ID)
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mvit_cli.errors import DatasetError, NoImagesError, UsageError
-from mvit_cli.evalsets import EvalItem, balanced_subset, load_eval_set
+from mvit_cli.evaluation.sets import EvalItem, balanced_subset, load_eval_set
 
 # (wnid, index in the model's output = position in sorted-wnid order, devkit ILSVRC2012_ID)
 KIT_FOX = ("n02119789", 278, 1)

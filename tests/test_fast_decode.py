@@ -10,8 +10,8 @@ import pytest
 from image_corpus import encode, exif_rotated_jpeg, smooth_rgb
 from PIL import Image
 
-from mvit_cli.batching import load_pixels
-from mvit_cli.images import decode_image
+from mvit_cli.pipeline.batching import load_pixels
+from mvit_cli.pipeline.images import decode_image
 from mvit_cli.preprocess import Preprocessing, resize_and_crop
 
 TIMM = Preprocessing(284, "bicubic", 256)

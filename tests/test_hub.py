@@ -1,4 +1,4 @@
-"""The weight manifest and the download / verify / cache logic (mvit_cli/manifest.py, mvit_cli/hub.py).
+"""The weight manifest and the download / verify / cache logic (mvit_cli/manifest.py, mvit_cli/store/).
 
 Downloads go to the loopback hub of hub_server.py, never to the internet: HF_ENDPOINT points at it, and the
 huggingface_hub constants read at import time (endpoint, offline flag, telemetry) are pointed at it too, in
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hub_server import FakeHub, closed_endpoint
-from mvit_cli import hub, manifest
+from mvit_cli import manifest, store
 from mvit_cli.errors import IntegrityError, UsageError, WeightsUnavailableError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -109,16 +109,16 @@ def test_cache_root_precedence(tmp_path, monkeypatch):
     for name in ("MVIT_CACHE", "HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert hub.cache_root() == tmp_path / "home" / ".cache" / "huggingface" / "hub"
+    assert store.cache_root() == tmp_path / "home" / ".cache" / "huggingface" / "hub"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert hub.cache_root() == tmp_path / "xdg" / "huggingface" / "hub"
+    assert store.cache_root() == tmp_path / "xdg" / "huggingface" / "hub"
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    assert hub.cache_root() == tmp_path / "hf" / "hub"
+    assert store.cache_root() == tmp_path / "hf" / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hubcache"))
-    assert hub.cache_root() == tmp_path / "hubcache"
+    assert store.cache_root() == tmp_path / "hubcache"
     monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "mvit"))
-    assert hub.cache_root() == tmp_path / "mvit"
-    assert hub.cache_root(tmp_path / "explicit") == tmp_path / "explicit"
+    assert store.cache_root() == tmp_path / "mvit"
+    assert store.cache_root(tmp_path / "explicit") == tmp_path / "explicit"
 
 
 # ------------------------------------------------------------------------------------------ downloads
@@ -162,30 +162,30 @@ def test_download_lands_in_the_standard_hf_cache_verified(fake_hub, tmp_path):
     data = fake_hub.repos[(ENTRY.repo_id, ENTRY.revision)][ENTRY.filename].data
     sha = hashlib.sha256(data).hexdigest()
 
-    path = hub.resolve_weights("xxs", "timm", progress=False)
+    path = store.resolve_weights("xxs", "timm", progress=False)
 
     assert path == root / "models--timm--mobilevit_xxs.cvnets_in1k" / "snapshots" / ENTRY.revision / ENTRY.filename
     assert path.read_bytes() == data
     assert Path(os.path.realpath(path)) == root / "models--timm--mobilevit_xxs.cvnets_in1k" / "blobs" / sha
     # The pinned commit is what was asked for: no branch name anywhere in the request.
     assert all(f"/resolve/{ENTRY.revision}/" in p for _, p, _ in fake_hub.requests("HEAD"))
-    assert [r.state for r in hub.list_cache()] == ["verified"]
-    assert hub.cached_file("xxs", "timm") == path
+    assert [r.state for r in store.list_cache()] == ["verified"]
+    assert store.cached_file("xxs", "timm") == path
 
 
 def test_second_run_uses_the_cache_without_network(fake_hub, tmp_path, monkeypatch):
-    first = hub.resolve_weights("xxs", "timm", progress=False)
+    first = store.resolve_weights("xxs", "timm", progress=False)
     fake_hub.stop()
-    hub._resolved.clear()  # a new process
+    store.forget()  # a new process
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert hub.resolve_weights("xxs", "timm", progress=False) == first
+    assert store.resolve_weights("xxs", "timm", progress=False) == first
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    hub._resolved.clear()
-    assert hub.resolve_weights("xxs", "timm", offline=False, progress=False) == first  # cached: no HEAD needed
+    store.forget()
+    assert store.resolve_weights("xxs", "timm", offline=False, progress=False) == first  # cached: no HEAD needed
 
 
 def test_verification_marker_saves_rehashing_until_the_file_changes(fake_hub, tmp_path):
-    path = hub.resolve_weights("xxs", "timm", progress=False)
+    path = store.resolve_weights("xxs", "timm", progress=False)
     blob = Path(os.path.realpath(path))
     # Flip a byte but keep size and mtime: a run trusts the marker (a stat, not a hash) ...
     st = blob.stat()
@@ -193,49 +193,49 @@ def test_verification_marker_saves_rehashing_until_the_file_changes(fake_hub, tm
     data[10] ^= 0xFF
     blob.write_bytes(bytes(data))
     os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))
-    hub._resolved.clear()
-    assert hub.resolve_weights("xxs", "timm", offline=True, progress=False) == path
+    store.forget()
+    assert store.resolve_weights("xxs", "timm", offline=True, progress=False) == path
     # ... `cache list --verify` hashes again and tells the truth ...
-    assert [r.state for r in hub.list_cache(verify=True)] == ["corrupt"]
+    assert [r.state for r in store.list_cache(verify=True)] == ["corrupt"]
     # ... and once the marker is gone (or size/mtime differ), the next run re-hashes: the damaged file is
     # deleted and never reaches the model.
-    hub._resolved.clear()
+    store.forget()
     with pytest.raises(WeightsUnavailableError, match="offline"):
-        hub.resolve_weights("xxs", "timm", offline=True, progress=False)
+        store.resolve_weights("xxs", "timm", offline=True, progress=False)
     assert weight_files(tmp_path / "cache") == []
 
 
 def test_damaged_cached_file_is_replaced_when_online(fake_hub, tmp_path):
-    path = hub.resolve_weights("xxs", "timm", progress=False)
+    path = store.resolve_weights("xxs", "timm", progress=False)
     blob = Path(os.path.realpath(path))
     blob.write_bytes(b"garbage" + blob.read_bytes()[7:])  # new mtime: the marker no longer vouches for it
-    hub._resolved.clear()
-    again = hub.resolve_weights("xxs", "timm", progress=False)
+    store.forget()
+    again = store.resolve_weights("xxs", "timm", progress=False)
     assert again.read_bytes() == fake_hub.repos[(ENTRY.repo_id, ENTRY.revision)][ENTRY.filename].data
 
 
 def test_tampered_bytes_are_refused_and_nothing_is_cached(fake_hub, tmp_path):
     fake_hub.tamper = True
     with pytest.raises(IntegrityError, match="sha256"):
-        hub.resolve_weights("xxs", "timm", progress=False)
+        store.resolve_weights("xxs", "timm", progress=False)
     assert weight_files(tmp_path / "cache") == []
-    assert hub.cached_file("xxs", "timm") is None
+    assert store.cached_file("xxs", "timm") is None
     fake_hub.reset_faults()
-    assert hub.resolve_weights("xxs", "timm", progress=False).is_file()
+    assert store.resolve_weights("xxs", "timm", progress=False).is_file()
 
 
 def test_a_file_other_than_the_pinned_sha256_is_refused_before_download(fake_hub, tmp_path):
     # The hub (or a mirror) holds a self-consistent file at the pinned path, but not the one the manifest pins.
     fake_hub.add_file(PINNED.repo_id, PINNED.revision, PINNED.filename, os.urandom(50_000))
     with pytest.raises(IntegrityError, match="manifest pins"):
-        hub.resolve_weights("s", "timm", progress=False)
+        store.resolve_weights("s", "timm", progress=False)
     assert fake_hub.requests("GET", "/cdn/") == []  # not a byte was fetched
     assert weight_files(tmp_path / "cache") == []
 
 
 def test_connection_closed_midfile_is_retried_and_ends_verified(fake_hub, tmp_path):
     fake_hub.drop = "once"
-    path = hub.resolve_weights("xxs", "timm", progress=False)
+    path = store.resolve_weights("xxs", "timm", progress=False)
     assert path.read_bytes() == fake_hub.repos[(ENTRY.repo_id, ENTRY.revision)][ENTRY.filename].data
     assert len(fake_hub.requests("GET", "/cdn/")) == 2  # the cut one, then the retry
     assert [f for f in cache_files(tmp_path / "cache") if f.endswith(".incomplete")] == []
@@ -244,18 +244,18 @@ def test_connection_closed_midfile_is_retried_and_ends_verified(fake_hub, tmp_pa
 def test_failed_download_leaves_nothing_and_a_later_run_succeeds(fake_hub, tmp_path):
     fake_hub.drop, fake_hub.after_drop_status = "once", 503  # cut mid-file, then the CDN is down
     with pytest.raises(WeightsUnavailableError, match="run the command again to retry"):
-        hub.resolve_weights("xxs", "timm", progress=False)
+        store.resolve_weights("xxs", "timm", progress=False)
     assert weight_files(tmp_path / "cache") == []
     fake_hub.reset_faults()
-    path = hub.resolve_weights("xxs", "timm", progress=False)
-    assert [r.state for r in hub.list_cache(verify=True)] == ["verified"] and path.is_file()
+    path = store.resolve_weights("xxs", "timm", progress=False)
+    assert [r.state for r in store.list_cache(verify=True)] == ["verified"] and path.is_file()
 
 
 def test_offline_with_nothing_cached_explains_and_never_touches_the_network(fake_hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as info:
-        hub.resolve_weights("xs", "apple", progress=False)
+        store.resolve_weights("xs", "apple", progress=False)
     assert time.monotonic() - start < 5
     message = str(info.value)
     assert "offline" in message
@@ -264,37 +264,37 @@ def test_offline_with_nothing_cached_explains_and_never_touches_the_network(fake
     assert str(tmp_path / "cache") in message
     assert fake_hub.log == []
     with pytest.raises(WeightsUnavailableError):  # `mvit download` obeys HF_HUB_OFFLINE as well
-        hub.download("xxs", "timm", progress=False)
+        store.download("xxs", "timm", progress=False)
     assert fake_hub.log == []
 
 
 def test_unreachable_hub_with_nothing_cached(fake_hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", closed_endpoint())
     with pytest.raises(WeightsUnavailableError, match="cannot be reached.*mvit download --variant xxs"):
-        hub.resolve_weights("xxs", "timm", progress=False)
+        store.resolve_weights("xxs", "timm", progress=False)
 
 
 def test_mirror_without_the_file(fake_hub, tmp_path):
     with pytest.raises(WeightsUnavailableError, match="has no pytorch_model.bin in apple/mobilevit-x-small"):
-        hub.resolve_weights("xs", "apple", progress=False)
+        store.resolve_weights("xs", "apple", progress=False)
 
 
 def test_clear_removes_only_mvit_files(fake_hub, tmp_path):
     root = tmp_path / "cache"
-    hub.resolve_weights("xxs", "timm", progress=False)
+    store.resolve_weights("xxs", "timm", progress=False)
     repo = root / "models--timm--mobilevit_xxs.cvnets_in1k"
-    removed = hub.clear_cache(variant="s")  # another variant: nothing
+    removed = store.clear_cache(variant="s")  # another variant: nothing
     assert removed == [] and weight_files(root)
     # Another file of the same repo, cached by someone else (e.g. timm itself), survives a clear.
     (repo / "blobs" / "otherblob").write_bytes(b"{}")
-    removed = hub.clear_cache(variant="xxs", source="timm")
+    removed = store.clear_cache(variant="xxs", source="timm")
     assert [(r.variant, r.source, r.kind) for r in removed] == [("xxs", "timm", "download")]
     assert weight_files(root) == [f"{repo.name}/blobs/otherblob"]
     (repo / "blobs" / "otherblob").unlink()
-    hub.resolve_weights("xxs", "timm", progress=False)
-    hub.clear_cache()
+    store.resolve_weights("xxs", "timm", progress=False)
+    store.clear_cache()
     assert not repo.exists()  # a repo folder left empty goes entirely
-    assert hub.list_cache() == []
+    assert store.list_cache() == []
 
 
 def test_exports_folder_of_a_cached_file_is_mvits_own(tmp_path, monkeypatch):
@@ -302,36 +302,36 @@ def test_exports_folder_of_a_cached_file_is_mvits_own(tmp_path, monkeypatch):
     root = tmp_path / "given"  # a --cache-dir: recognised from the path, whatever the environment says
     repo = "models--timm--mobilevit_xxs.cvnets_in1k"
     exports = root / "mvit" / "exports"
-    assert hub.cache_exports_folder(root / repo / "snapshots" / ENTRY.revision / "model.safetensors") == exports / repo
-    assert hub.cache_exports_folder(root / repo / "snapshots" / ENTRY.revision / "sub" / "w.bin") == exports / repo
-    assert hub.cache_exports_folder(root / repo / "blobs" / ("0" * 64)) == exports / repo
+    assert store.cache_exports_folder(root / repo / "snapshots" / ENTRY.revision / "model.safetensors") == exports / repo
+    assert store.cache_exports_folder(root / repo / "snapshots" / ENTRY.revision / "sub" / "w.bin") == exports / repo
+    assert store.cache_exports_folder(root / repo / "blobs" / ("0" * 64)) == exports / repo
     imported = root / "mvit" / "imports" / "mobilevit_s-apple.safetensors"
-    assert hub.cache_exports_folder(imported) == exports / "imports--mobilevit_s-apple"
+    assert store.cache_exports_folder(imported) == exports / "imports--mobilevit_s-apple"
     env_root = tmp_path / "env-cache"
-    assert hub.cache_exports_folder(env_root / "x" / "w.pt") == env_root / "mvit" / "exports" / "other"
-    assert hub.cache_exports_folder(tmp_path / "elsewhere" / "w.safetensors") is None
-    assert hub.cache_exports_folder(tmp_path / repo / "w.safetensors") is None  # not inside snapshots/
+    assert store.cache_exports_folder(env_root / "x" / "w.pt") == env_root / "mvit" / "exports" / "other"
+    assert store.cache_exports_folder(tmp_path / "elsewhere" / "w.safetensors") is None
+    assert store.cache_exports_folder(tmp_path / repo / "w.safetensors") is None  # not inside snapshots/
 
 
 def test_clear_removes_the_exports_of_what_it_clears(fake_hub, tmp_path):
     root = tmp_path / "cache"
-    path = hub.resolve_weights("xxs", "timm", progress=False)
-    folder = hub.cache_exports_folder(path)
+    path = store.resolve_weights("xxs", "timm", progress=False)
+    folder = store.cache_exports_folder(path)
     folder.mkdir(parents=True)
     (folder / "model-xxs-64x64-0123456789abcdef.onnx").write_bytes(b"x" * 1000)
-    other = hub.exports_root() / "imports--mobilevit_s-timm"  # another variant's, its weights already gone
+    other = store.exports_root() / "imports--mobilevit_s-timm"  # another variant's, its weights already gone
     other.mkdir()
     (other / "mobilevit_s-timm-s-64x64-0123456789abcdef.onnx").write_bytes(b"x" * 500)
-    assert hub.exports_size() == (root / "mvit" / "exports", 1500)
+    assert store.exports_size() == (root / "mvit" / "exports", 1500)
 
-    assert hub.clear_cache(variant="xxs", source="apple") == []
-    removed = hub.clear_cache(variant="xxs", source="timm")
+    assert store.clear_cache(variant="xxs", source="apple") == []
+    removed = store.clear_cache(variant="xxs", source="timm")
     assert [(r.variant, r.source, r.kind) for r in removed] == [("xxs", "timm", "download"), ("xxs", "timm", "exports")]
     assert removed[1].path == folder and removed[1].size == 1000
     assert not folder.exists() and other.is_dir()
-    removed = hub.clear_cache(variant="s")  # exports go even where their weights are gone already
+    removed = store.clear_cache(variant="s")  # exports go even where their weights are gone already
     assert [(r.variant, r.source, r.kind) for r in removed] == [("s", "timm", "exports")]
-    assert hub.exports_size()[1] == 0
+    assert store.exports_size()[1] == 0
 
 
 # ------------------------------------------------------------------------------------------ copied caches
@@ -347,11 +347,11 @@ def copy_without_symlinks(source: Path, target: Path) -> None:
 @pytest.fixture
 def copied_cache(fake_hub, tmp_path, monkeypatch):
     """The XXS timm download (sha256 known only from the hub), in a cache copied without symlinks; offline."""
-    hub.resolve_weights("xxs", "timm", progress=False)
+    store.resolve_weights("xxs", "timm", progress=False)
     copy_without_symlinks(tmp_path / "cache", tmp_path / "copy")
     monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "copy"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hub._resolved.clear()  # a new process, on the other machine
+    store.forget()  # a new process, on the other machine
     snapshot = tmp_path / "copy" / "models--timm--mobilevit_xxs.cvnets_in1k" / "snapshots" / ENTRY.revision
     return snapshot / ENTRY.filename
 
@@ -372,38 +372,38 @@ def flip_byte(path: Path, keep_mtime: bool = False) -> None:
 def test_intact_copied_cache_is_verified_offline_and_never_deleted(copied_cache, fake_hub):
     # `mvit download` offline: already there, intact, kept (it used to be called damaged and deleted).
     log_before = len(fake_hub.log)
-    result = hub.download("xxs", "timm", progress=False)
+    result = store.download("xxs", "timm", progress=False)
     assert result.downloaded is False and result.path == copied_cache
     assert copied_cache.read_bytes() == served(fake_hub)
-    assert [r.state for r in hub.list_cache()] == ["verified"]
-    assert hub.resolve_weights("xxs", "timm", offline=True, progress=False) == copied_cache
+    assert [r.state for r in store.list_cache()] == ["verified"]
+    assert store.resolve_weights("xxs", "timm", offline=True, progress=False) == copied_cache
     # Verified once (hashed against the blob huggingface_hub named by the hub's sha256): later runs check a
     # stat only, so a byte changed under the same size and mtime goes unnoticed until `cache list --verify`.
     flip_byte(copied_cache, keep_mtime=True)
-    hub._resolved.clear()
-    assert hub.resolve_weights("xxs", "timm", offline=True, progress=False) == copied_cache
-    assert [r.state for r in hub.list_cache(verify=True)] == ["corrupt"]
+    store.forget()
+    assert store.resolve_weights("xxs", "timm", offline=True, progress=False) == copied_cache
+    assert [r.state for r in store.list_cache(verify=True)] == ["corrupt"]
     assert len(fake_hub.log) == log_before  # offline throughout
 
 
 def test_tampered_file_in_copied_cache_never_reaches_the_model(copied_cache, fake_hub, monkeypatch):
     flip_byte(copied_cache)
     log_before = len(fake_hub.log)
-    for attempt in (lambda: hub.resolve_weights("xxs", "timm", offline=True, progress=False),
-                    lambda: hub.download("xxs", "timm", progress=False)):
+    for attempt in (lambda: store.resolve_weights("xxs", "timm", offline=True, progress=False),
+                    lambda: store.download("xxs", "timm", progress=False)):
         with pytest.raises(IntegrityError) as info:
             attempt()
         message = str(info.value)
         assert "cannot verify" in message and "cp -a" in message
         assert "mvit download --variant xxs --source timm" in message and "mvit import" in message
         assert "\n" not in message
-    assert hub.cached_file("xxs", "timm") is None
-    assert [r.state for r in hub.list_cache()] == ["unverified"]
+    assert store.cached_file("xxs", "timm") is None
+    assert [r.state for r in store.list_cache()] == ["unverified"]
     assert copied_cache.exists()  # not known to be corrupt offline: refused, not deleted
     assert len(fake_hub.log) == log_before  # offline: the hub was not asked
     # With network, the hub's sha256 settles it: the bad copy is replaced by the intact blob beside it.
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    path = hub.resolve_weights("xxs", "timm", progress=False)
+    path = store.resolve_weights("xxs", "timm", progress=False)
     assert path.read_bytes() == served(fake_hub)
     assert fake_hub.requests("GET", "/cdn/")[1:] == []  # the one GET is the original download: no new transfer
 
@@ -411,20 +411,20 @@ def test_tampered_file_in_copied_cache_never_reaches_the_model(copied_cache, fak
 def test_intact_copied_cache_is_confirmed_by_the_hub_without_a_download(fake_hub, tmp_path, monkeypatch):
     # No blob of that name beside it (only the snapshots were copied): offline it cannot be verified, online
     # the hub's sha256 confirms it and nothing is downloaded again.
-    hub.resolve_weights("xxs", "timm", progress=False)
+    store.resolve_weights("xxs", "timm", progress=False)
     copy_without_symlinks(tmp_path / "cache", tmp_path / "copy")
     shutil.rmtree(tmp_path / "copy" / "models--timm--mobilevit_xxs.cvnets_in1k" / "blobs")
     monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "copy"))
-    hub._resolved.clear()
+    store.forget()
     with pytest.raises(IntegrityError, match="cannot verify"):
-        hub.resolve_weights("xxs", "timm", offline=True, progress=False)
+        store.resolve_weights("xxs", "timm", offline=True, progress=False)
     gets = len(fake_hub.requests("GET", "/cdn/"))
-    result = hub.download("xxs", "timm", progress=False)
+    result = store.download("xxs", "timm", progress=False)
     assert result.downloaded is False and result.path.read_bytes() == served(fake_hub)
     assert len(fake_hub.requests("GET", "/cdn/")) == gets
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hub._resolved.clear()
-    assert hub.resolve_weights("xxs", "timm", offline=True, progress=False) == result.path
+    store.forget()
+    assert store.resolve_weights("xxs", "timm", offline=True, progress=False) == result.path
 
 
 def test_hf_tree_listing_of_the_pinned_commit_gives_the_expected_sha256(fake_hub, tmp_path, monkeypatch):
@@ -433,7 +433,7 @@ def test_hf_tree_listing_of_the_pinned_commit_gives_the_expected_sha256(fake_hub
     # it, and a damaged one is known corrupt: deleted, never loaded.
     from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
 
-    hub.resolve_weights("xxs", "timm", progress=False)
+    store.resolve_weights("xxs", "timm", progress=False)
     repo = tmp_path / "cache" / "models--timm--mobilevit_xxs.cvnets_in1k"
     data = served(fake_hub)
     sha = hashlib.sha256(data).hexdigest()
@@ -445,11 +445,11 @@ def test_hf_tree_listing_of_the_pinned_commit_gives_the_expected_sha256(fake_hub
         shutil.rmtree(tmp_path / name / repo.name / "blobs")
     intact, damaged = (tmp_path / name / repo.name / "snapshots" / ENTRY.revision / ENTRY.filename
                        for name in ("intact", "damaged"))
-    hub._resolved.clear()
-    assert hub.resolve_weights("xxs", "timm", cache_dir=tmp_path / "intact", progress=False) == intact
+    store.forget()
+    assert store.resolve_weights("xxs", "timm", cache_dir=tmp_path / "intact", progress=False) == intact
     flip_byte(damaged)
     with pytest.raises(WeightsUnavailableError, match="offline"):
-        hub.resolve_weights("xxs", "timm", cache_dir=tmp_path / "damaged", progress=False)
+        store.resolve_weights("xxs", "timm", cache_dir=tmp_path / "damaged", progress=False)
     assert not damaged.exists()
 
 
@@ -467,24 +467,24 @@ def imported_xxs(tmp_path):
     original = tmp_path / "xxs.safetensors"
     safetensors.torch.save_file(randomize_(build_model("xxs"), seed=0).state_dict(), original,
                                 metadata={"format": "mvit", "variant": "xxs", "source": "timm"})
-    weights, _ = hub.import_checkpoint(original, variant="xxs", source="timm")
+    weights, _ = store.import_checkpoint(original, variant="xxs", source="timm")
     return weights
 
 
 def test_a_verified_download_wins_over_a_corrupt_import(fake_hub, imported_xxs, tmp_path):
-    downloaded = hub.download("xxs", "timm", progress=False).path
+    downloaded = store.download("xxs", "timm", progress=False).path
     with open(imported_xxs, "ab") as f:
         f.write(b"damage")  # size changed: the import's marker no longer vouches for it
-    hub._resolved.clear()
-    assert hub.resolve_weights("xxs", "timm", offline=True, progress=False) == downloaded
+    store.forget()
+    assert store.resolve_weights("xxs", "timm", offline=True, progress=False) == downloaded
     # Without the download, the damaged import is refused, never loaded.
-    hub.clear_cache(variant="xxs", source="timm")
-    hub.import_checkpoint(tmp_path / "xxs.safetensors", variant="xxs", source="timm")
+    store.clear_cache(variant="xxs", source="timm")
+    store.import_checkpoint(tmp_path / "xxs.safetensors", variant="xxs", source="timm")
     with open(imported_xxs, "ab") as f:
         f.write(b"damage")
-    hub._resolved.clear()
+    store.forget()
     with pytest.raises(IntegrityError, match="import them again"):
-        hub.resolve_weights("xxs", "timm", offline=True, progress=False)
+        store.resolve_weights("xxs", "timm", offline=True, progress=False)
 
 
 def test_offline_miss_of_the_default_source_points_to_the_source_that_is_cached(fake_hub, tmp_path, monkeypatch):
@@ -498,15 +498,15 @@ def test_offline_miss_of_the_default_source_points_to_the_source_that_is_cached(
     original = tmp_path / "apple-xs.safetensors"
     safetensors.torch.save_file(randomize_(build_model("xs"), seed=0).state_dict(), original,
                                 metadata={"format": "mvit", "variant": "xs", "source": "apple"})
-    hub.import_checkpoint(original, variant="xs", source="apple")
+    store.import_checkpoint(original, variant="xs", source="apple")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsUnavailableError) as info:
-        hub.resolve_weights("xs", "timm", progress=False)
+        store.resolve_weights("xs", "timm", progress=False)
     message = str(info.value)
     assert "The cache has apple weights for MobileViT-XS: add `--source apple`" in message
     assert "mvit download --variant xs --source timm" in message  # the other way out stays in the message
     # Another variant's miss says nothing of the apple XS weights.
     with pytest.raises(WeightsUnavailableError) as info:
-        hub.resolve_weights("s", "timm", progress=False)
+        store.resolve_weights("s", "timm", progress=False)
     assert "--source apple" not in str(info.value) and "To get them: run `mvit download" in str(info.value)
     assert fake_hub.log == []

@@ -21,7 +21,7 @@ from image_corpus import (
 from PIL import Image
 
 from mvit_cli.errors import ImageDecodeError
-from mvit_cli.images import decode_image, to_rgb
+from mvit_cli.pipeline.images import decode_image, to_rgb
 from mvit_cli.preprocess import Preprocessing, preprocess
 
 WHITE = np.array([255, 255, 255])

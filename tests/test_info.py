@@ -1,5 +1,5 @@
 """`mvit info`: facts checked against independent sources (the reference implementations, torch's own FLOP
-counter, the bytes of a saved checkpoint), the weight cache as hub.py sees it, and no network."""
+counter, the bytes of a saved checkpoint), the weight cache as the store sees it, and no network."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
-from mvit_cli import hub, manifest
+from mvit_cli import manifest, store
 from mvit_cli.cli.main import app
 from mvit_cli.model import build_model
 from randomize import randomize_
@@ -107,7 +107,7 @@ def test_cached_weights_are_reported_with_path_and_size(tmp_path):
     path = tmp_path / "xxs.safetensors"
     safetensors.torch.save_file(randomize_(build_model("xxs")).state_dict(), str(path),
                                 metadata={"format": "mvit", "variant": "xxs", "source": "timm"})
-    stored, _ = hub.import_checkpoint(path, variant="xxs", source="timm")
+    stored, _ = store.import_checkpoint(path, variant="xxs", source="timm")
     cached = info_json("--variant", "xxs")["cached"]
     assert cached == {"path": str(stored), "bytes": stored.stat().st_size}
 

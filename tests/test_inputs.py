@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mvit_cli.errors import NoImagesError, UsageError
-from mvit_cli.inputs import STDIN, expand_paths
+from mvit_cli.pipeline.inputs import STDIN, expand_paths
 
 
 def touch(root: Path, *names: str) -> None:

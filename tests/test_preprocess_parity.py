@@ -24,7 +24,7 @@ import torch
 from image_corpus import encode, in_mode, smooth_rgb
 from PIL import Image
 
-from mvit_cli.images import decode_image
+from mvit_cli.pipeline.images import decode_image
 from mvit_cli.preprocess import Preprocessing, preprocess
 
 # (width, height): squares, both orientations, extreme aspect ratios, tiny images, and long sides whose crop

@@ -1,4 +1,4 @@
-"""The optimised ways of running the model (runtime.prepare) give the plain model's logits, for every backend,
+"""The optimised ways of running the model (runners.prepare) give the plain model's logits, for every backend,
 batch size and input size, including sizes that are not multiples of the patch and odd ones."""
 
 from __future__ import annotations
@@ -8,7 +8,11 @@ import sys
 import pytest
 import torch
 
-from mvit_cli import runtime
+from mvit_cli import runners, store
+from mvit_cli.folding import fold_batchnorm
+from mvit_cli.runners import tuning
+from mvit_cli.runners.torch_cpu import same_shape_chunks
+from mvit_cli.runners.torch_device import FullFloat32
 from mvit_cli.errors import UsageError
 from mvit_cli.model import build_model
 from randomize import randomize_, structured_images
@@ -27,7 +31,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def torch_runner(model):
-    return runtime.TorchCpuRunner(model, threads=2)
+    return runners.TorchCpuRunner(model, threads=2)
 
 
 def reference(model, x):
@@ -56,32 +60,32 @@ def test_each_image_gets_its_own_logits_in_order(model, torch_runner):
 
 def test_single_threaded_runner_and_untraced_runner_match(model):
     x = structured_images(2, 64, seed=2)
-    for runner in (runtime.TorchCpuRunner(model, threads=1), runtime.TorchCpuRunner(model, trace=False)):
+    for runner in (runners.TorchCpuRunner(model, threads=1), runners.TorchCpuRunner(model, trace=False)):
         assert (runner(x) - reference(model, x)).abs().max() <= TOLERANCE
 
 
 def test_a_job_too_small_to_repay_tracing_runs_eagerly(model):
     cpu = torch.device("cpu")
-    small = runtime.prepare(model, cpu, expected_images=runtime.TRACE_MIN_IMAGES - 1)
+    small = runners.prepare(model, cpu, expected_images=runners.TRACE_MIN_IMAGES - 1)
     x = structured_images(3, 64, seed=4)
     assert (small(x) - reference(model, x)).abs().max() <= TOLERANCE
     assert not small.trace and small._traced == {} and "eager" in small.description
-    for expected in (None, runtime.TRACE_MIN_IMAGES, 50_000):  # unknown (bench) or big enough: traced
-        runner = runtime.prepare(model, cpu, expected_images=expected)
+    for expected in (None, runners.TRACE_MIN_IMAGES, 50_000):  # unknown (bench) or big enough: traced
+        runner = runners.prepare(model, cpu, expected_images=expected)
         runner(x)
         assert runner.trace and len(runner._traced) == 1
 
 
 def test_per_core_pool_leaves_the_callers_thread_count_alone(model):
     before = torch.get_num_threads()
-    runtime.TorchCpuRunner(model, threads=2)(structured_images(4, 64, seed=3))
+    runners.TorchCpuRunner(model, threads=2)(structured_images(4, 64, seed=3))
     assert torch.get_num_threads() == before
 
 
 def test_per_core_pool_threads_stay_single_threaded_after_running(model):
     # Regression: ATen's lazy per-thread init used to reset pool threads to the process default on their first
     # op, so every pool thread ran its own multi-threaded OpenMP team (oversubscribed cores, 2.6x slower).
-    runner = runtime.TorchCpuRunner(model, threads=2)
+    runner = runners.TorchCpuRunner(model, threads=2)
     runner(structured_images(4, 64, seed=3))
     assert runner._pool.worker_thread_counts() == [1, 1]
 
@@ -99,7 +103,7 @@ def test_non_float32_input_is_converted(model, torch_runner):
 
 def test_preparing_leaves_the_given_model_untouched(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    runtime.prepare(model, torch.device("cpu"))(structured_images(1, 64))
+    runners.prepare(model, torch.device("cpu"))(structured_images(1, 64))
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -107,7 +111,7 @@ def test_preparing_leaves_the_given_model_untouched(model):
 
 
 def test_fold_batchnorm_removes_every_batchnorm_and_stays_exact(model):
-    folded = runtime.fold_batchnorm(model)
+    folded = fold_batchnorm(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     x = structured_images(2, 96, seed=6)
     with torch.no_grad():
@@ -116,25 +120,25 @@ def test_fold_batchnorm_removes_every_batchnorm_and_stays_exact(model):
 
 def test_eager_runner_matches(model):
     # The CUDA / MPS path (eager, channels_last), exercised on the CPU.
-    runner = runtime.EagerRunner(model, torch.device("cpu"))
+    runner = runners.EagerRunner(model, torch.device("cpu"))
     x = structured_images(2, 97, seed=7)
     assert (runner(x) - reference(model, x)).abs().max() <= TOLERANCE
 
 
 def test_unknown_backend_is_a_usage_error(model):
     with pytest.raises(UsageError, match="backend"):
-        runtime.prepare(model, torch.device("cpu"), "tensorrt")
+        runners.prepare(model, torch.device("cpu"), "tensorrt")
 
 
 def test_onnxruntime_backend_refuses_other_devices(model):
     with pytest.raises(UsageError, match="CPU only"):
-        runtime.prepare(model, torch.device("cuda"), "onnxruntime")
+        runners.prepare(model, torch.device("cuda"), "onnxruntime")
 
 
 def test_missing_onnxruntime_is_a_clear_usage_error(model, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
     with pytest.raises(UsageError, match=r"pip install 'mvit-cli\[onnx\]'"):
-        runtime.prepare(model, torch.device("cpu"), "onnxruntime")
+        runners.prepare(model, torch.device("cpu"), "onnxruntime")
 
 
 def test_missing_onnx_package_is_a_clear_usage_error(model, monkeypatch, tmp_path):
@@ -146,9 +150,9 @@ def test_missing_onnx_package_is_a_clear_usage_error(model, monkeypatch, tmp_pat
 
 
 def test_default_batch_size_and_workers_are_sane():
-    assert runtime.default_batch_size(torch.device("cpu")) >= 1
-    assert runtime.default_batch_size(torch.device("cuda")) >= runtime.default_batch_size(torch.device("cpu"))
-    assert 1 <= runtime.default_workers() <= 4
+    assert runners.default_batch_size(torch.device("cpu")) >= 1
+    assert runners.default_batch_size(torch.device("cuda")) >= runners.default_batch_size(torch.device("cpu"))
+    assert 1 <= runners.default_workers() <= 4
 
 
 # ------------------------------------------------------------------------------------------------ onnxruntime
@@ -170,7 +174,7 @@ def weights_file(model, tmp_path_factory, needs_onnxruntime):
 
 @pytest.fixture(scope="module")
 def ort_runner(model, weights_file):
-    return runtime.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=weights_file)
+    return runners.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=weights_file)
 
 
 @pytest.mark.parametrize("shape", [(1, 64, 64), (3, 64, 64), (2, 97, 97)], ids=lambda s: "x".join(map(str, s)))
@@ -186,26 +190,42 @@ def test_onnx_export_is_cached_next_to_the_weights_and_reused(model, weights_fil
     ort_runner(structured_images(1, 64))
     path, reused = ort_runner.exports[(64, 64)]
     assert path.parent == weights_file.parent / "mvit-exports" and path.suffix == ".onnx"
-    again = runtime.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=weights_file)
+    again = runners.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=weights_file)
     again(structured_images(1, 64))
     assert again.exports[(64, 64)] == (path, True)
 
 
-def test_a_changed_weights_file_gets_a_new_export(model, tmp_path, needs_onnxruntime):
+def test_exports_are_keyed_on_the_weights_content_not_their_timestamp(model, tmp_path, needs_onnxruntime):
     import os
+    import stat
 
     import safetensors.torch
 
     weights = tmp_path / "w.safetensors"
     safetensors.torch.save_file(model.state_dict(), str(weights))
-    first = runtime.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=weights)
+    os.chmod(weights, 0o600)
+    first = runners.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=weights)
     first(structured_images(1, 64))
-    stat = weights.stat()
-    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # "rewritten" a second later
-    second = runtime.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=weights)
-    second(structured_images(1, 64))
-    (old, _), (new, reused) = first.exports[(64, 64)], second.exports[(64, 64)]
+    old, _ = first.exports[(64, 64)]
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600  # a private checkpoint's export stays private
+
+    # Touched, same bytes: the export is still the right one.
+    before = weights.stat()
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    touched = runners.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=weights)
+    touched(structured_images(1, 64))
+    assert touched.exports[(64, 64)] == (old, True)
+
+    # Replaced by other weights of the same size with the timestamp kept (tar and zip extraction do that).
+    other = randomize_(build_model("xxs"), seed=11).eval()
+    safetensors.torch.save_file(other.state_dict(), str(weights))
+    assert weights.stat().st_size == before.st_size
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    replaced = runners.prepare(other, torch.device("cpu"), "onnxruntime", weights_path=weights)
+    x = structured_images(1, 64)
+    new, reused = replaced.exports[(64, 64)] if replaced(x) is not None else (None, None)
     assert new != old and not reused
+    assert (replaced(x) - reference(other, x)).abs().max() <= TOLERANCE
 
 
 def files_under(folder):
@@ -214,15 +234,15 @@ def files_under(folder):
 
 def test_exports_of_imported_weights_live_in_mvits_cache_folder_and_are_cleared_with_them(
         model, weights_file, tmp_path):
-    from mvit_cli import hub
+    from mvit_cli import store
 
     # Given as --cache-dir would be: not the cache root the environment names, so the runtime (which never
     # sees --cache-dir) must recognise the cache from the weights' path.
     root = tmp_path / "cache"
     exports = {}
     for source in ("timm", "apple"):  # two cached files of one variant: clearing one keeps the other's export
-        imported, _ = hub.import_checkpoint(weights_file, "xxs", source, cache_dir=root)
-        runner = runtime.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=imported)
+        imported, _ = store.import_checkpoint(weights_file, "xxs", source, cache_dir=root)
+        runner = runners.prepare(model, torch.device("cpu"), "onnxruntime", weights_path=imported)
         runner(structured_images(1, 64))
         path, reused = runner.exports[(64, 64)]
         assert not reused and path.suffix == ".onnx"
@@ -230,13 +250,13 @@ def test_exports_of_imported_weights_live_in_mvits_cache_folder_and_are_cleared_
         exports[source] = path
     assert not (root / "mvit" / "imports" / "mvit-exports").exists()
 
-    assert hub.clear_cache(variant="s", cache_dir=root) == []  # another variant: nothing goes
+    assert store.clear_cache(variant="s", cache_dir=root) == []  # another variant: nothing goes
     assert all(p.is_file() for p in exports.values())
-    removed = hub.clear_cache(variant="xxs", source="apple", cache_dir=root)
+    removed = store.clear_cache(variant="xxs", source="apple", cache_dir=root)
     assert sorted((r.variant, r.source, r.kind) for r in removed) == [("xxs", "apple", "exports"),
                                                                        ("xxs", "apple", "import")]
     assert not exports["apple"].exists() and exports["timm"].is_file()
-    hub.clear_cache(cache_dir=root)
+    store.clear_cache(cache_dir=root)
     assert not exports["timm"].exists() and files_under(root / "mvit") == []
 
 
@@ -244,7 +264,7 @@ def test_exports_of_downloaded_weights_stay_out_of_the_hf_snapshot_tree(model, w
     import hashlib
     import os
 
-    from mvit_cli import hub, inference, manifest
+    from mvit_cli import loading, manifest, store
 
     # A download as huggingface_hub lays it out: the snapshot file links to a blob named by its sha256.
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -264,29 +284,27 @@ def test_exports_of_downloaded_weights_stay_out_of_the_hf_snapshot_tree(model, w
     (repo / "refs" / "main").write_text(entry.revision)
     before = files_under(repo)
 
-    loaded = inference.load_model("xxs", "timm", device="cpu", backend="onnxruntime", offline=True, progress=False)
+    loaded = loading.load_model("xxs", "timm", device="cpu", backend="onnxruntime", offline=True, progress=False)
     assert loaded.weights_path == snapshot
     loaded.run(structured_images(1, 64))
     path, _ = loaded.run.exports[(64, 64)]
     assert path.parent == root / "mvit" / "exports" / repo.name and path.is_file()
     assert files_under(repo) == before  # nothing of mvit's inside huggingface_hub's repo folder
 
-    hub.clear_cache(variant="xxs", source="apple")
+    store.clear_cache(variant="xxs", source="apple")
     assert path.is_file()
-    removed = hub.clear_cache(variant="xxs", source="timm")
+    removed = store.clear_cache(variant="xxs", source="timm")
     assert sorted(r.kind for r in removed) == ["download", "exports"]
     assert not path.exists() and not repo.exists()
 
 
 def test_a_file_outside_any_cache_keeps_its_exports_beside_it(tmp_path, monkeypatch):
-    from mvit_cli import export
-
     monkeypatch.setenv("MVIT_CACHE", str(tmp_path / "cache"))
     weights = tmp_path / "mine" / "w.safetensors"
-    assert export.export_folder(weights) == tmp_path / "mine" / "mvit-exports"
+    assert store.export_folder(weights) == tmp_path / "mine" / "mvit-exports"
     # Under the configured cache root, but neither a download nor an import: mvit's folder all the same.
     in_root = tmp_path / "cache" / "w.safetensors"
-    assert export.export_folder(in_root) == tmp_path / "cache" / "mvit" / "exports" / "other"
+    assert store.export_folder(in_root) == tmp_path / "cache" / "mvit" / "exports" / "other"
 
 
 def test_cuda_calls_compute_in_full_float32_and_restore_the_flags():
@@ -295,7 +313,7 @@ def test_cuda_calls_compute_in_full_float32_and_restore_the_flags():
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     try:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, True
-        with runtime._full_float32(torch.device("cuda")):
+        with FullFloat32(torch.device("cuda")):
             assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
@@ -307,9 +325,9 @@ def _fusion_groups_in_last_graph() -> int:
     return sum(1 for node in graph.nodes() if node.kind() == "prim::oneDNNFusionGuard")
 
 
-@pytest.mark.skipif(not runtime.onednn_fusion_wanted(), reason="this torch build has no oneDNN Graph")
+@pytest.mark.skipif(not tuning.onednn_fusion_wanted(), reason="this torch build has no oneDNN Graph")
 def test_onednn_fusion_is_on_by_default_really_fuses_and_stays_exact(model):
-    runner = runtime.TorchCpuRunner(model, threads=1)
+    runner = runners.TorchCpuRunner(model, threads=1)
     assert runner.fuse and "oneDNN Graph fusion" in runner.description
     x = structured_images(2, 97, seed=12)  # sides that resize inside: the fused graph keeps the interpolations
     out = runner(x)
@@ -319,7 +337,7 @@ def test_onednn_fusion_is_on_by_default_really_fuses_and_stays_exact(model):
 
 def test_onednn_fusion_can_be_switched_off(model, monkeypatch):
     monkeypatch.setenv("MVIT_ONEDNN_FUSION", "0")
-    runner = runtime.TorchCpuRunner(model, threads=1)
+    runner = runners.TorchCpuRunner(model, threads=1)
     assert not runner.fuse and "oneDNN" not in runner.description
     x = structured_images(1, 64, seed=13)
     out = runner(x)
@@ -330,7 +348,7 @@ def test_onednn_fusion_can_be_switched_off(model, monkeypatch):
 def test_one_trace_serves_every_batch_size_above_one(model):
     # Batches split into chunks of CPU_MICRO_BATCH; a short last chunk is padded instead of traced anew
     # (a trace costs ~0.5 s). The padding's logits never reach the caller.
-    runner = runtime.TorchCpuRunner(model, threads=2, micro_batch=2)
+    runner = runners.TorchCpuRunner(model, threads=2, micro_batch=2)
     for n in (2, 3, 5, 4):
         x = structured_images(n, 64, seed=20 + n)
         out = runner(x)
@@ -341,13 +359,13 @@ def test_one_trace_serves_every_batch_size_above_one(model):
 
 def test_a_lone_last_image_borrows_the_chunks_trace_instead_of_tracing_its_own(model):
     # Regression: a last batch of one image (e.g. 285 images) traced a graph of its own: ~0.5 s for one image.
-    runner = runtime.TorchCpuRunner(model, threads=2, micro_batch=2)
+    runner = runners.TorchCpuRunner(model, threads=2, micro_batch=2)
     x = structured_images(5, 64, seed=40)
     runner(x[:4])
     out = runner(x[4:])
     assert len(runner._traced) == 1
     assert (out - reference(model, x[4:])).abs().max() <= TOLERANCE
-    fresh = runtime.TorchCpuRunner(model, threads=2, micro_batch=2)
+    fresh = runners.TorchCpuRunner(model, threads=2, micro_batch=2)
     fresh(x[:1])  # no chunk graph yet: a single image gets its own (lowest latency, nothing padded)
     assert sorted(key[0] for key in fresh._traced) == [1]
 
@@ -355,7 +373,7 @@ def test_a_lone_last_image_borrows_the_chunks_trace_instead_of_tracing_its_own(m
 def test_a_single_core_runner_also_runs_every_batch_size_on_one_trace(model):
     # Regression: with one thread (a 1-core machine, OMP_NUM_THREADS=1 under torchrun) every batch ran whole,
     # so each batch size (the pipeline's first batches grow 4, 8, 16, ...) cost a trace of its own.
-    runner = runtime.TorchCpuRunner(model, threads=1, micro_batch=2)
+    runner = runners.TorchCpuRunner(model, threads=1, micro_batch=2)
     for n in (4, 8, 5, 3):
         x = structured_images(n, 64, seed=50 + n)
         assert (runner(x) - reference(model, x)).abs().max() <= TOLERANCE
@@ -364,7 +382,7 @@ def test_a_single_core_runner_also_runs_every_batch_size_on_one_trace(model):
 
 def test_same_shape_chunks_pads_the_last_chunk_with_its_last_image():
     x = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 3, 2, 2)
-    chunks = runtime.same_shape_chunks(x, 2)
+    chunks = same_shape_chunks(x, 2)
     assert [c.shape[0] for c in chunks] == [2, 2, 2]
     assert [c[:, 0, 0, 0].tolist() for c in chunks] == [[0, 1], [2, 3], [4, 4]]
     assert all(c.is_contiguous(memory_format=torch.channels_last) for c in chunks)
@@ -373,7 +391,7 @@ def test_same_shape_chunks_pads_the_last_chunk_with_its_last_image():
 def test_a_batch_no_bigger_than_one_chunk_runs_on_all_cores_not_on_one_pool_thread(model, monkeypatch):
     # Regression: with two images per chunk, a batch of two became one chunk on one single-threaded pool thread
     # while the other core idled. It runs on the calling thread with every core, at the chunk's own shape.
-    runner = runtime.TorchCpuRunner(model, threads=2, micro_batch=2)
+    runner = runners.TorchCpuRunner(model, threads=2, micro_batch=2)
     used_pool = []
     real_submit = runner._pool.submit
     monkeypatch.setattr(runner._pool, "submit",
@@ -386,6 +404,6 @@ def test_a_batch_no_bigger_than_one_chunk_runs_on_all_cores_not_on_one_pool_thre
 
 
 def test_onednn_fusion_stays_off_on_cpus_it_was_not_measured_on(model, monkeypatch):
-    monkeypatch.setattr(runtime.platform, "machine", lambda: "aarch64")
-    assert not runtime.onednn_fusion_wanted()
-    assert not runtime.TorchCpuRunner(model, threads=1).fuse
+    monkeypatch.setattr(tuning.platform, "machine", lambda: "aarch64")
+    assert not tuning.onednn_fusion_wanted()
+    assert not runners.TorchCpuRunner(model, threads=1).fuse

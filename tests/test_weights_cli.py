@@ -113,11 +113,11 @@ def test_download_then_classify_then_offline_with_the_hub_gone(fake_hub, tmp_pat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for name in ("MVIT_CACHE", "HF_HUB_CACHE"):
         monkeypatch.delenv(name, raising=False)
-    from mvit_cli import hub, inference
+    from mvit_cli import loading, store
 
     # (cache_dir given: load_model memoises per cache_dir, and other tests of this process use other caches)
-    loaded = inference.load_model("xxs", "timm", device="cpu", cache_dir=home / "hub", offline=True, progress=False)
-    assert loaded.weights_path == hub.cached_file("xxs", "timm")
+    loaded = loading.load_model("xxs", "timm", device="cpu", cache_dir=home / "hub", offline=True, progress=False)
+    assert loaded.weights_path == store.cached_file("xxs", "timm")
     reference = timm_files()[0]
     batch = structured_images(2, 256, seed=5)
     with torch.no_grad():
@@ -246,9 +246,9 @@ def test_import_bin_then_use_offline(kind, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", closed_endpoint())
     for name in ("MVIT_CACHE", "HF_HUB_CACHE"):
         monkeypatch.delenv(name, raising=False)
-    from mvit_cli import checkpoints, inference
+    from mvit_cli import checkpoints, loading
 
-    loaded = inference.load_model("xxs", kind, device="cpu", cache_dir=home / "hub", offline=True, progress=False)
+    loaded = loading.load_model("xxs", kind, device="cpu", cache_dir=home / "hub", offline=True, progress=False)
     assert loaded.weights_path == stored
     assert loaded.preprocessing == manifest.preprocessing(kind)
     assert stored.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
@@ -267,7 +267,7 @@ def test_import_bin_then_use_offline(kind, tmp_path, monkeypatch):
 
     # The onnxruntime backend's export of the import goes to mvit's exports folder, which `cache list` sizes ...
     pytest.importorskip("onnxruntime")
-    ort = inference.load_model("xxs", kind, device="cpu", backend="onnxruntime", cache_dir=home / "hub",
+    ort = loading.load_model("xxs", kind, device="cpu", backend="onnxruntime", cache_dir=home / "hub",
                                offline=True, progress=False)
     ort.run(structured_images(1, 64))
     export_file = ort.run.exports[(64, 64)][0]

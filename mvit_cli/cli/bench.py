@@ -66,7 +66,8 @@ def bench_command(
 
       mvit bench --weights mobilevit_s.safetensors --input-size 320
     """
-    from mvit_cli import benchmark, output
+    from mvit_cli import benchmark
+    from mvit_cli.cli import output
 
     result = benchmark.bench(
         variant=variant.value if variant else None,
@@ -90,7 +91,7 @@ def bench_command(
 def _print_table(result) -> None:
     from rich.table import Table
 
-    from mvit_cli import output
+    from mvit_cli.cli import output
 
     table = Table(title=f"mvit bench: MobileViT-{result.variant.upper()}", show_header=False, title_justify="left")
     table.add_column(style="bold")

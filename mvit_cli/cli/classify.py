@@ -112,26 +112,28 @@ def classify_command(
 
       mvit classify photos/ --weights mobilevit_s.safetensors --format csv --output results.csv
     """
-    from mvit_cli import inference, inputs, output, runtime
-    from mvit_cli.batching import num_batches
-    from mvit_cli.classify import classify_batches
+    from mvit_cli import loading, runners
+    from mvit_cli.cli import output
+    from mvit_cli.pipeline import inputs
+    from mvit_cli.pipeline.batching import num_batches
+    from mvit_cli.pipeline.records import classify_batches
 
     # Inputs are found before the model is loaded: a typo is reported in a second, not after a download.
     images = inputs.expand_paths(paths, recursive=not no_recursive, warn=output.warn)
     if output_file is not None:
         _check_output_file(output_file, images)
-    model = inference.load_model(
+    model = loading.load_model(
         variant.value if variant else None,
         source.value if source else None,
         weights,
         device.value,
         backend=backend.value, cache_dir=cache_dir,
         offline=offline,
-        progress=output.progress_enabled(),
+        progress=output.progress_enabled(), warn=output.warn,
         expected_images=len(images),
     )
-    batch_size = batch_size or runtime.default_batch_size(model.device)
-    workers = runtime.default_workers() if workers is None else workers
+    batch_size = batch_size or runners.default_batch_size(model.device)
+    workers = runners.default_workers() if workers is None else workers
     workers = min(workers, num_batches(len(images), batch_size))  # no idle decoding threads to start
 
     failed = 0
@@ -189,7 +191,7 @@ def _same_terminal() -> bool:
 @contextmanager
 def _progress(enabled: bool, total: int, stream: TextIO):
     """Yields (advance(n), console for table output). The bar is on stderr and only when someone watches."""
-    from mvit_cli import output
+    from mvit_cli.cli import output
 
     table_console = output.stdout_console(stream) if stream is not sys.stdout else output.stdout_console()
     if not enabled:
@@ -209,7 +211,7 @@ def _progress(enabled: bool, total: int, stream: TextIO):
 
 
 def _renderer(output_format: ClassifyFormat, stream: TextIO, console, images):
-    from mvit_cli import render
+    from mvit_cli.cli import render
 
     if output_format is ClassifyFormat.table:
         return render.TableRenderer(console, len(images), max(len(item.name) for item in images))

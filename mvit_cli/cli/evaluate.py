@@ -89,21 +89,23 @@ def eval_command(
 
       torchrun --nproc-per-node 4 -m mvit_cli eval /data/imagenet/val
     """
-    from mvit_cli import evalsets, inference, output, runtime
-    from mvit_cli import evaluate as evaluation
+    from mvit_cli import distributed, loading, runners
+    from mvit_cli.cli import output
+    from mvit_cli.evaluation import loop as evaluation
+    from mvit_cli.evaluation import sets as evalsets
 
-    job, device_name = evaluation.start_distributed(device.value)
+    job, device_name = distributed.start_distributed(device.value)
     is_main = job is None or job.is_main
     try:
         # The folder is read before the model is loaded: a layout mistake is reported in a second, not a minute.
         eval_set = evalsets.load_eval_set(directory, labels, limit)
-        model = inference.load_model(
+        model = loading.load_model(
             variant.value if variant else None, source.value if source else None, weights, device_name,
-            backend=backend.value, cache_dir=cache_dir, offline=offline, progress=is_main,
+            backend=backend.value, cache_dir=cache_dir, offline=offline, progress=is_main, warn=output.warn,
             expected_images=len(eval_set.items) // (job.world_size if job else 1),
         )
-        batch_size = batch_size or runtime.default_batch_size(model.device)
-        workers = runtime.default_workers() if workers is None else workers
+        batch_size = batch_size or runners.default_batch_size(model.device)
+        workers = runners.default_workers() if workers is None else workers
         if job is not None and is_main:
             processes = f"{job.world_size} process" + ("es" if job.world_size > 1 else "")
             output.warn(f"evaluating {len(eval_set.items):,} images on {processes} "
@@ -123,7 +125,7 @@ def eval_command(
             if per_class_file:
                 _write_per_class(per_class_file, result.tally)
     finally:
-        evaluation.stop_distributed(job)
+        distributed.stop_distributed(job)
 
     summary = _summary(eval_set, model, result, limit)
     _report_failures(result)
@@ -168,7 +170,7 @@ def _summary(eval_set, model, result, limit: int | None) -> dict[str, Any]:
 
 
 def _report_failures(result) -> None:
-    from mvit_cli import output
+    from mvit_cli.cli import output
 
     for failure in result.failures:
         output.warn(f"failed: {failure.path}: {failure.reason}")
@@ -187,7 +189,7 @@ def _print_table(summary: dict[str, Any], result, eval_set, model) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from mvit_cli import output
+    from mvit_cli.cli import output
 
     tally = result.tally
     title = f"MobileViT-{model.variant.upper()} on ImageNet-1k validation"
@@ -283,6 +285,6 @@ class _progress:
 
 
 def _stderr_console():
-    from mvit_cli import output
+    from mvit_cli.cli import output
 
     return output.stderr_console()

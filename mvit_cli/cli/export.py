@@ -70,16 +70,17 @@ def export_command(
 
       mvit export --weights my_finetune.safetensors --input-size 320 -o my_320.onnx
     """
-    from mvit_cli import export, inference, output
+    from mvit_cli import export, loading
+    from mvit_cli.cli import output
 
-    model = inference.load_model(
+    model = loading.load_model(
         variant.value if variant else None,
         source.value if source else None,
         weights,
         "cpu",
         cache_dir=cache_dir,
         offline=offline,
-        progress=output.progress_enabled(),
+        progress=output.progress_enabled(), warn=output.warn,
     )
     fmt = export_format.value
     path = output_file or Path(f"mobilevit_{model.variant}{SUFFIX[fmt]}")

@@ -51,8 +51,8 @@ def info_command(
 
       mvit info -m s --source apple --input-size 320
     """
-    from mvit_cli import output
-    from mvit_cli.info import variant_info
+    from mvit_cli.cli import output
+    from mvit_cli.describe import variant_info
 
     info = variant_info(variant.value, (source or Source.timm).value, input_size, cache_dir)
     if output_format is TableOrJson.json:
@@ -69,7 +69,7 @@ def _print_tables(info: dict[str, Any]) -> None:
     from rich import box
     from rich.table import Table
 
-    from mvit_cli import output
+    from mvit_cli.cli import output
 
     console = output.stdout_console()
     height, width = info["input_size"]

@@ -79,15 +79,15 @@ def download_command(
 
         mvit download -m xxs --cache-dir ./weights-cache
     """
-    from mvit_cli import hub, manifest
-    from mvit_cli.output import progress_enabled, stdout_console, warn
+    from mvit_cli import manifest, store
+    from mvit_cli.cli.output import progress_enabled, stdout_console, warn
 
     console = stdout_console()
     failures = 0
     jobs = [(v, s) for s in _choices(source.value, manifest.SOURCES) for v in _choices(variant.value, manifest.VARIANTS)]
     for v, s in jobs:
         try:
-            result = hub.download(v, s, cache_dir=cache_dir, progress=progress_enabled())
+            result = store.download(v, s, cache_dir=cache_dir, progress=progress_enabled(), warn=warn)
         except MvitError as exc:
             if len(jobs) == 1:
                 raise
@@ -134,10 +134,10 @@ def import_command(
 
         mvit import mobilevit_xs.pt --variant xs --source apple
     """
-    from mvit_cli import hub
-    from mvit_cli.output import stdout_console
+    from mvit_cli import store
+    from mvit_cli.cli.output import stdout_console
 
-    path, record = hub.import_checkpoint(file, variant=variant.value if variant else None,
+    path, record = store.import_checkpoint(file, variant=variant.value if variant else None,
                                          source=source.value if source else None, cache_dir=cache_dir)
     published = {True: "yes, it is the file mvit's manifest pins", False: "no (loaded fine, but not the file "
                  "mvit's manifest pins)", None: "unknown (no sha256 known for it)"}[record.matches_manifest]
@@ -168,12 +168,12 @@ def cache_list_command(
 
         MVIT_CACHE=/mnt/weights mvit cache list
     """
-    from mvit_cli import hub
-    from mvit_cli.output import stdout_console, write_json
+    from mvit_cli import store
+    from mvit_cli.cli.output import stdout_console, write_json
 
-    root = hub.cache_root(cache_dir)
-    rows = hub.list_cache(cache_dir=cache_dir, verify=verify)
-    exports_dir, exports_bytes = hub.exports_size(cache_dir)
+    root = store.cache_root(cache_dir)
+    rows = store.list_cache(cache_dir=cache_dir, verify=verify)
+    exports_dir, exports_bytes = store.exports_size(cache_dir)
     if output_format is TableOrJson.json:
         write_json({
             "cache_dir": str(root),
@@ -220,14 +220,14 @@ def cache_clear_command(
 
         mvit cache clear --variant s --source apple
     """
-    from mvit_cli import hub
-    from mvit_cli.output import stdout_console
+    from mvit_cli import store
+    from mvit_cli.cli.output import stdout_console
 
-    removed = hub.clear_cache(variant=variant.value if variant else None, source=source.value if source else None,
+    removed = store.clear_cache(variant=variant.value if variant else None, source=source.value if source else None,
                               cache_dir=cache_dir)
     console = stdout_console()
     for r in removed:
         console.print(f"removed {r.source} {r.variant} ({r.kind}, {_mb(r.size)}): {r.path}", highlight=False,
                       soft_wrap=True)
     if not removed:
-        console.print(f"nothing to remove in {hub.cache_root(cache_dir)}", highlight=False, soft_wrap=True)
+        console.print(f"nothing to remove in {store.cache_root(cache_dir)}", highlight=False, soft_wrap=True)

@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from mvit_cli.batching import iter_batches, run_batches
-from mvit_cli.inputs import ImageInput
+from mvit_cli.pipeline.batching import iter_batches, run_batches
+from mvit_cli.pipeline.inputs import ImageInput
 from mvit_cli.labels import CLASSES
 from mvit_cli.metrics import top_k
 from mvit_cli.preprocess import Preprocessing

@@ -11,7 +11,6 @@ partial result, the predictions file and the failure list always describe the sa
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -22,8 +21,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from mvit_cli.errors import UsageError
-from mvit_cli.evalsets import EvalSet
+from mvit_cli.distributed import Distributed
+from mvit_cli.evaluation.sets import EvalSet
 from mvit_cli.metrics import Tally, top_k
 
 
@@ -56,61 +55,6 @@ class EvalResult:
         return self.tally.images / self.seconds if self.seconds > 0 else 0.0
 
 
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torch.distributed job started by torchrun."""
-
-    rank: int
-    world_size: int
-    backend: str
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-# What torchrun (and any env:// launcher) sets for each process it starts.
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def start_distributed(device: str) -> tuple[Distributed | None, str]:
-    """Join the torch.distributed job when launched by torchrun (RANK, WORLD_SIZE, MASTER_* in the environment).
-
-    Returns the job (None for a plain single process) and the device this process must use: with CUDA, each
-    process takes the GPU of its LOCAL_RANK.
-    """
-    if not all(os.environ.get(name) for name in LAUNCHER_VARIABLES):
-        return None, device
-    import torch.distributed as dist
-
-    from mvit_cli import runtime
-
-    target = runtime.resolve_device(device)
-    if target.type == "cuda":
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if local_rank >= torch.cuda.device_count():
-            raise UsageError(f"torchrun started more processes per node than there are GPUs "
-                             f"({torch.cuda.device_count()}); use --nproc-per-node {torch.cuda.device_count()}")
-        target = torch.device("cuda", local_rank)
-        torch.cuda.set_device(target)
-        backend = "nccl"
-    else:
-        backend = "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method="env://")
-    job = Distributed(dist.get_rank(), dist.get_world_size(), backend, target)
-    return job, str(target)
-
-
-def stop_distributed(job: Distributed | None) -> None:
-    if job is not None:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 ProgressCallback = Callable[[int, int, Tally], None]  # (images done incl. failed, images in this shard, counts)
 PredictionsCallback = Callable[[list[Prediction]], None]
 
@@ -125,7 +69,7 @@ class _ShardState:
 
 def evaluate(
     eval_set: EvalSet,
-    model,  # inference.LoadedModel: `run` and `preprocessing` are used
+    model,  # loading.LoadedModel: `run` and `preprocessing` are used
     batch_size: int,
     workers: int,
     job: Distributed | None = None,
@@ -139,7 +83,7 @@ def evaluate(
     pass one (or none), since each sends its shard's predictions. Ctrl-C ends the loop early and gives a
     result marked partial instead of raising.
     """
-    from mvit_cli.batching import iter_batches, run_batches
+    from mvit_cli.pipeline.batching import iter_batches, run_batches
 
     rank, world_size = (job.rank, job.world_size) if job else (0, 1)
     positions = list(range(rank, len(eval_set.items), world_size))  # disjoint strided shards, none padded

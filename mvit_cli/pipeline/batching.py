@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mvit_cli.errors import ImageDecodeError
-from mvit_cli.images import Unreadable, decode_image
+from mvit_cli.pipeline.images import Unreadable, decode_image
 from mvit_cli.preprocess import Preprocessing, normalize, resize_and_crop, to_uint8_hwc
 
 Source = Path | bytes | Unreadable  # a file, the raw bytes of one image (stdin), or a known failure

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
 from mvit_cli.errors import NoImagesError, UsageError
-from mvit_cli.images import Unreadable
+from mvit_cli.pipeline.images import Unreadable
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 STDIN = "-"

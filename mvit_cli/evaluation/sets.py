@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 from mvit_cli import labels
 from mvit_cli.errors import DatasetError, NoImagesError, UsageError
-from mvit_cli.inputs import IMAGE_SUFFIXES
+from mvit_cli.pipeline.inputs import IMAGE_SUFFIXES
 
 DEVKIT_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 KAGGLE_SOLUTION = "LOC_val_solution.csv"

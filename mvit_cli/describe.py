@@ -1,7 +1,7 @@
 """Everything `mvit info` reports about a variant, gathered without touching the network.
 
 Architecture and costs come from `costs`, the weight file, its preprocessing and published accuracy from the
-manifest, and whether the file is cached from `hub.cached_file` (a stat against its verification marker,
+manifest, and whether the file is cached from `store.cached_file` (a stat against its verification marker,
 or one hash of the local file).
 """
 
@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mvit_cli import costs
+from mvit_cli import costs, manifest, store
 
 TITLES = {"xxs": "MobileViT-XXS", "xs": "MobileViT-XS", "s": "MobileViT-S"}
 
@@ -19,13 +19,11 @@ TITLES = {"xxs": "MobileViT-XXS", "xs": "MobileViT-XS", "s": "MobileViT-S"}
 def variant_info(variant: str, source: str = "timm", input_size: int | None = None,
                  cache_dir: Path | None = None) -> dict[str, Any]:
     """One JSON-ready dict: anatomy (stages, parameters, FLOPs), preprocessing, weights, cache, accuracy."""
-    from mvit_cli import hub, manifest
-
     entry = manifest.entry(variant, source)  # validates variant and source
     preprocessing = manifest.preprocessing(source)
     size = input_size or preprocessing.crop_size
     anatomy = costs.anatomy(variant, (size, size)).to_dict()
-    cached = hub.cached_file(variant, source, cache_dir=cache_dir)
+    cached = store.cached_file(variant, source, cache_dir=cache_dir)
     return {
         "variant": variant,
         "name": TITLES[variant],

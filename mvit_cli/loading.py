@@ -2,7 +2,7 @@
 
 This is the glue every model-running command shares (classify, eval, bench, export): it picks the weight
 file (cache or `--weights`), loads it in whatever format it is, picks the preprocessing protocol, and asks
-`runtime` for the fastest exact way to run it. Loaded models are memoised per process.
+`runners` for the fastest exact way to run it. Loaded models are memoised per process.
 """
 
 from __future__ import annotations
@@ -13,15 +13,8 @@ from typing import Callable
 
 import torch
 
-from mvit_cli.errors import UsageError
+from mvit_cli import checkpoints, manifest, runners, store
 from mvit_cli.preprocess import Preprocessing
-
-DEFAULT_VARIANT = "s"
-DEFAULT_SOURCE = "timm"
-
-# The preprocessing protocol a checkpoint format was trained/evaluated with, named by its weight source.
-# ml-cvnets' own eval recipe (resize 288 bilinear, crop 256) is the one transformers' processor copies.
-FORMAT_SOURCE = {"mvit": None, "timm": "timm", "transformers": "apple", "cvnets": "apple"}
 
 
 @dataclass
@@ -46,10 +39,8 @@ def _memo_key(variant, source, weights, device, backend, cache_dir, offline, tra
         stat = Path(weights).stat()
         origin: tuple = ("file", str(Path(weights).resolve()), stat.st_size, stat.st_mtime_ns)
     else:
-        from mvit_cli import hub
-
         # The cache folder as resolved now (HF_HOME / MVIT_CACHE may change between calls in one process).
-        origin = ("cache", str(hub.cache_root(cache_dir)), offline)
+        origin = ("cache", str(store.cache_root(cache_dir)), offline)
     return (variant, source, device, backend, trace, *origin)
 
 
@@ -63,18 +54,18 @@ def load_model(
     offline: bool = False,
     progress: bool = True,
     expected_images: int | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """Load (download if needed, verify, convert) the weights and prepare the model. Memoised per process.
 
     With `weights`, the variant is read from the checkpoint when not given, and the preprocessing protocol is
     that of the detected checkpoint format unless `source` says otherwise. Without, the manifest's file for
     (variant, source) is taken from the cache or downloaded. `expected_images`: how many images the caller
-    will run, when it knows (a small job skips tracing, see `runtime.TRACE_MIN_IMAGES`).
+    will run, when it knows (a small job skips tracing, see `runners.TRACE_MIN_IMAGES`). `warn` hears of what
+    happens in the weight store on the way (`store.resolve_weights`).
     """
-    from mvit_cli import checkpoints, manifest, runtime
-
     key = _memo_key(variant, source, weights, device, backend, cache_dir, offline,
-                    runtime.worth_tracing(expected_images))
+                    runners.worth_tracing(expected_images))
     if key in _loaded:
         return _loaded[key]
 
@@ -82,22 +73,17 @@ def load_model(
         checkpoint = checkpoints.load_checkpoint(weights, variant=variant)
         path = Path(weights)
     else:
-        from mvit_cli import hub
-
-        variant = variant or DEFAULT_VARIANT
-        path = hub.resolve_weights(variant, source or DEFAULT_SOURCE, cache_dir=cache_dir, offline=offline,
-                                   progress=progress)
+        variant = variant or manifest.DEFAULT_VARIANT
+        path = store.resolve_weights(variant, source or manifest.DEFAULT_SOURCE, cache_dir=cache_dir,
+                                     offline=offline, progress=progress, warn=warn)
         checkpoint = checkpoints.load_checkpoint(path, variant=variant)
-        source = source or DEFAULT_SOURCE
+        source = source or manifest.DEFAULT_SOURCE
 
-    if source is None:
-        source = FORMAT_SOURCE.get(checkpoint.format) or checkpoint.source or DEFAULT_SOURCE
-    if source not in manifest.SOURCES:
-        raise UsageError(f"unknown weight source {source!r}; expected one of {', '.join(manifest.SOURCES)}")
+    source = source or manifest.source_for(checkpoint.format, checkpoint.source)
 
-    target = runtime.resolve_device(device)
+    target = runners.resolve_device(device)
     loaded = LoadedModel(
-        run=runtime.prepare(checkpoint.model, target, backend, weights_path=path, expected_images=expected_images),
+        run=runners.prepare(checkpoint.model, target, backend, weights_path=path, expected_images=expected_images),
         module=checkpoint.model,
         variant=checkpoint.variant,
         source=source,
