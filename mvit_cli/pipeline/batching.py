@@ -35,7 +35,7 @@ Source = Path | bytes | Unreadable  # a file, the raw bytes of one image (stdin)
 
 # Size of the first batch; the next ones double up to the batch size. The model starts once the first few images
 # are decoded instead of a whole batch (32 images: ~0.1 s of one core), and the first results show sooner.
-# Four keeps two cores busy with two images each from the start (runtime.CPU_MICRO_BATCH).
+# Four keeps two cores busy with two images each from the start (runners.torch_cpu.CPU_MICRO_BATCH).
 FIRST_BATCH = 4
 
 # Batches being decoded beyond the one handed out (the decoders' look-ahead; bounds the memory held).
