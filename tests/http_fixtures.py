@@ -224,11 +224,15 @@ def chunked(piece: bytes, count: int | None = None) -> Responder:
         h.send_header("Content-Type", "image/jpeg")
         h.send_header("Transfer-Encoding", "chunked")
         h.end_headers()
-        frame = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+        size_line = f"{len(piece):x}\r\n".encode()
         sent = 0
         try:
             while (count is None or sent < count) and not h.server_state.stopping.is_set():
-                h.wfile.write(frame)
+                # Three writes, not one concatenation: no allocation of the piece's size on this side,
+                # so that tracemalloc in a test sees the client's memory.
+                h.wfile.write(size_line)
+                h.wfile.write(piece)
+                h.wfile.write(b"\r\n")
                 h.count_sent(len(piece))
                 sent += 1
             h.wfile.write(b"0\r\n\r\n")

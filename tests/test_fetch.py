@@ -6,7 +6,9 @@ instead of hanging it; every fetch also carries a total deadline as a backstop.
 
 from __future__ import annotations
 
+import http.client
 import os
+import pickle
 import threading
 import time
 import tracemalloc
@@ -228,6 +230,24 @@ def test_endless_chunked_body_is_cut_off_at_the_limit(server: WebServer) -> None
     assert server.sent["/endless"] < 64 * 1024 * 1024
 
 
+def test_reads_never_ask_for_more_than_one_byte_past_the_limit(
+    server: WebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What arrives per recv depends on timing, so memory alone cannot show this reliably: watch the
+    # sizes asked of http.client instead. 64 KiB chunks against a 1000-byte limit.
+    asked: list[int] = []
+    original = http.client.HTTPResponse.read1
+
+    def read1(response: http.client.HTTPResponse, n: int = -1) -> bytes:
+        asked.append(n)
+        return original(response, n)
+
+    monkeypatch.setattr(http.client.HTTPResponse, "read1", read1)
+    error = fails(server.route("/endless", chunked(os.urandom(64 * 1024), count=None)), quick(max_bytes=1000))
+    assert str(error) == "larger than the 1000 bytes limit (--max-download-mb)"
+    assert asked and all(0 < n <= 1001 for n in asked)
+
+
 def test_body_shorter_than_its_content_length_is_an_error(server: WebServer) -> None:
     error = fails(server.route("/cut", lying_length(1000, b"0123456789")))
     assert str(error) == "connection closed after 10 of 1000 bytes"
@@ -352,6 +372,17 @@ def test_credentials_in_the_url_are_refused_and_nothing_is_sent(server: WebServe
 )
 def test_malformed_answer_is_a_short_error(server: WebServer, response: bytes, reason: str) -> None:
     assert str(fails(server.route("/odd", raw(response)))) == reason
+
+
+def test_fetch_error_survives_pickling(server: WebServer) -> None:
+    # Errors may travel from a worker process to the one that reports them.
+    error = pickle.loads(pickle.dumps(fails(server.route("/gone", status(410)))))
+    assert (type(error), str(error), error.url, error.status) == (
+        FetchError,
+        "HTTP 410 Gone",
+        server.url("/gone"),
+        410,
+    )
 
 
 def test_limits_are_validated() -> None:

@@ -107,6 +107,10 @@ class FetchError(Exception):
         self.url = url  # the URL as given to `fetch`, before any redirect
         self.status = status  # the HTTP status when the server answered with an error, else None
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, int | None]]:
+        # Pickled whole, so that an error travels from a worker process with its url and status.
+        return (type(self), (str(self), self.url, self.status))
+
 
 def fetch(url: str, limits: FetchLimits = FetchLimits(), cancelled: threading.Event | None = None) -> bytes:
     """The body of `url` (after redirects), or FetchError. b"" for an empty 2xx body: the caller decides."""
@@ -117,7 +121,6 @@ def fetch(url: str, limits: FetchLimits = FetchLimits(), cancelled: threading.Ev
 class _Target:
     """Where one request goes, validated: a URL that reaches this point is safe to connect to."""
 
-    url: str
     tls: bool
     host: str  # ASCII (IDNA), without brackets
     port: int
@@ -178,7 +181,6 @@ class _Fetch:
         except UnicodeError:
             raise self.fail(f"invalid host name {parts.hostname}") from None
         return _Target(
-            url=url,
             tls=scheme == "https",
             host=host,
             port=_SCHEMES[scheme] if port is None else port,
