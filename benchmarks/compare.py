@@ -177,7 +177,7 @@ def child_pipeline(spec: dict) -> dict:
 
     from mvit_cli import benchmark, loading, runners
     from mvit_cli.pipeline.batching import iter_batches
-    from mvit_cli.pipeline.records import classify
+    from mvit_cli.pipeline.records import classify_batches
     from mvit_cli.pipeline.inputs import expand_paths
 
     images = expand_paths([spec["images"]]) * spec["repeat"]
@@ -199,7 +199,7 @@ def child_pipeline(spec: dict) -> dict:
     load = benchmark._LoadMeter()
     load.start()
     t0 = time.perf_counter()
-    n = sum(1 for _ in classify(images, model.run, model.preprocessing, 5, batch_size, workers))
+    n = sum(len(b) for b in classify_batches(images, model.run, model.preprocessing, 5, batch_size, workers))
     out["end_to_end_ips"] = n / (time.perf_counter() - t0)
     out["background_load"] = load.stop()
     out["ratio_to_slower_side"] = out["end_to_end_ips"] / min(out["decode_only_ips"], out["model_only_ips"])

@@ -395,6 +395,23 @@ def _check_fits(canonical: Mapping[str, torch.Tensor], variant: str, inferred: s
         )
 
 
+def _check_values(canonical: Mapping[str, torch.Tensor]) -> None:
+    """Refuse tensors that are not floating point, or hold NaN or infinity. Such weights do load, and then every
+    probability is NaN (invalid JSON), every ranking is in class-index order, and nothing says why."""
+    for key, value in canonical.items():
+        if key.endswith(IGNORED_SUFFIX):
+            continue
+        if not value.is_floating_point():
+            raise CheckpointError(f"tensor {key} holds {str(value.dtype).replace('torch.', '')} values, not floating "
+                                  "point; the file is damaged or not a MobileViT checkpoint")
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            kinds = " and ".join(name for name, found in (("NaN", torch.isnan(value).any()),
+                                                           ("infinite", torch.isinf(value).any())) if found)
+            raise CheckpointError(f"tensor {key} holds {int(bad.sum())} {kinds} value(s); the weights are damaged "
+                                  "(a diverged training run or a corrupted file)")
+
+
 # ------------------------------------------------------------------------------------------ load and save
 
 
@@ -410,6 +427,7 @@ def load_checkpoint(path: Path, variant: str | None = None) -> Checkpoint:
     variant = variant or inferred
     try:
         _check_fits(canonical, variant, inferred, fmt)
+        _check_values(canonical)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     model = build_model(variant)

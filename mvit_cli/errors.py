@@ -10,7 +10,12 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_USAGE = 1  # bad option, no weights, no images found, unreadable checkpoint ...
 EXIT_PARTIAL = 3  # some inputs failed while the others succeeded
-EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (timeout, docker stop, systemd): handled like Ctrl-C
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the run stops as on Ctrl-C (outputs stay valid), with exit code 143."""
 
 
 class MvitError(Exception):

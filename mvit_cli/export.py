@@ -27,6 +27,7 @@ from torch import nn
 
 from mvit_cli.errors import MvitError, UsageError
 from mvit_cli.folding import fold_batchnorm
+from mvit_cli.safe_output import check_output
 
 ONNX_OPSET = 17  # LayerNormalization is a single op from 17 on; onnxruntime >= 1.14 runs it
 EXPORT_FORMATS = ("onnx", "torchscript")
@@ -63,13 +64,9 @@ def _example(batch: int, height: int, width: int) -> torch.Tensor:
 
 
 def _prepare_target(path: Path) -> None:
-    """Make sure `path` can be written before any export work, with a one-line error naming it if not."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    if not os.access(path.parent, os.W_OK):
-        raise UsageError(f"cannot write {path}: the folder {path.parent} is not writable")
+    """Make sure `path` can be written, and is a new path or a regular file, before any export work: the export is
+    renamed over it at the end, which would replace a device node such as /dev/null with a regular file."""
+    check_output(path, "the export target", refuse_images=False)
 
 
 def export_onnx(model: nn.Module, path: Path, height: int = 256, width: int = 256, mode: int | None = None) -> Path:

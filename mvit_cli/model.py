@@ -221,6 +221,27 @@ class MobileViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x).mean(dim=(2, 3)))  # [B, F, h, w] -> [B, F] -> [B, K]
 
+    @property
+    def output_width(self) -> int:
+        return self.cfg.num_classes
+
+
+class PooledFeatures(nn.Module):
+    """A MobileViT up to its pooled feature vector, the classifier's input: [B, 3, H, W] -> [B, F]. Image
+    embeddings for similarity search and deduplication; the runners run it like the whole model."""
+
+    def __init__(self, model: MobileViT):
+        super().__init__()
+        self.model = model
+        self.cfg = model.cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x).mean(dim=(2, 3))  # [B, F, h, w] -> [B, F]
+
+    @property
+    def output_width(self) -> int:
+        return self.cfg.num_features
+
 
 def build_model(variant: str) -> MobileViT:
     """An untrained model of `variant` ("xxs", "xs" or "s"), in eval mode."""

@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import torch
 
 _SESSION_CACHE = tempfile.mkdtemp(prefix="mvit-tests-")
 for name, sub in (("HF_HOME", "hf"), ("XDG_CACHE_HOME", "xdg")):
@@ -34,3 +37,26 @@ def offline_empty_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
+
+
+@dataclass(frozen=True)
+class RandomCheckpoint:
+    """A random-weight MobileViT-XXS saved as mvit's canonical safetensors, and the model it holds."""
+
+    path: Path
+    model: torch.nn.Module
+
+
+@pytest.fixture(scope="session")
+def xxs_checkpoint(tmp_path_factory) -> RandomCheckpoint:
+    """One random XXS checkpoint for the whole session (realistic activations: tests/randomize.py)."""
+    import safetensors.torch
+
+    from mvit_cli.model import build_model
+    from randomize import randomize_
+
+    model = randomize_(build_model("xxs"), seed=1).eval()
+    path = tmp_path_factory.mktemp("weights") / "xxs-random.safetensors"
+    safetensors.torch.save_file(model.state_dict(), str(path),
+                                metadata={"format": "mvit", "variant": "xxs", "source": "timm"})
+    return RandomCheckpoint(path, model)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +123,47 @@ def write_corpus(folder: Path, upright: Image.Image) -> dict[str, bool]:
     for name, (data, _) in files.items():
         (folder / name).write_bytes(data)
     return {name: good for name, (_, good) in files.items()}
+
+
+def corrupt_exif_tiff() -> bytes:
+    """A 26-byte TIFF whose one directory entry points past the end of the file: Pillow warns "Corrupt EXIF
+    data" (a UserWarning from its TIFF plugin) and then cannot decode it."""
+    entry = (270).to_bytes(2, "little") + (2).to_bytes(2, "little") + (100).to_bytes(4, "little") + \
+        (4000).to_bytes(4, "little")  # ImageDescription, ASCII, 100 bytes at offset 4000
+    return b"II*\x00" + (8).to_bytes(4, "little") + (1).to_bytes(2, "little") + entry + (0).to_bytes(4, "little")
+
+
+def int32_tiff(width: int, height: int, seed: int = 0) -> bytes:
+    """A 32-bit signed integer greyscale TIFF (Pillow mode "I") spanning most of its range."""
+    grey = np.asarray(smooth_rgb(width, height, seed).convert("L"), dtype=np.int64)
+    return encode(Image.fromarray((grey * ((1 << 31) - 1) // 255).astype(np.int32), "I"), "TIFF")
+
+
+def write_hostile_corpus(folder: Path, devices: bool = False) -> dict[str, object]:
+    """The attacks of issue 18 as files in `folder`: FIFOs (bare and behind a symlink), device nodes (with
+    `devices`, which needs root for mknod: clones of /dev/zero and /dev/null, never the real ones), names with
+    terminal control sequences, a 32-bit TIFF and a TIFF that makes Pillow warn. Returns {file name: True (must
+    be classified) or the text its error record must contain}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    expected: dict[str, object] = {}
+
+    def image(name: str, data: bytes, want: object = True) -> None:
+        (folder / name).write_bytes(data)
+        expected[name] = want
+
+    image("ok.png", encode(smooth_rgb(40, 30, 1), "PNG"))
+    image("clipboard\x1b]52;c;aGk=\x07.png", encode(smooth_rgb(30, 40, 2), "PNG"))
+    image("red\x1b[31m\nnewline.jpg", encode(smooth_rgb(30, 30, 3), "JPEG"))
+    image("int32.tif", int32_tiff(40, 30))
+    image("corrupt_exif.tif", corrupt_exif_tiff(), "")
+    os.mkfifo(folder / "fifo.jpg")
+    expected["fifo.jpg"] = "FIFO"
+    (folder / ".pipes").mkdir()  # hidden: not walked; reached only through the link
+    os.mkfifo(folder / ".pipes" / "fifo")
+    (folder / "link_to_fifo.png").symlink_to(folder / ".pipes" / "fifo")
+    expected["link_to_fifo.png"] = "FIFO"
+    if devices:
+        for name, minor in (("zero.jpg", 5), ("null.png", 3)):
+            os.mknod(folder / name, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+            expected[name] = "character device"
+    return expected

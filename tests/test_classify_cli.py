@@ -372,10 +372,29 @@ def test_compact_table_keeps_one_line_per_image_and_shows_file_names():
     prediction = {"rank": 1, "index": 0, "wnid": "n01440764", "label": "tench", "probability": 0.5}
     records = [{"path": name, "predictions": [prediction, {**prediction, "rank": 2}]} for name in names]
     stream = io.StringIO()
-    renderer = TableRenderer(Console(file=stream, width=100, color_system=None), len(names),
-                             max(map(len, names)))
+    terminal = Console(file=stream, width=100, color_system=None, force_terminal=True)  # a 100-column terminal
+    renderer = TableRenderer(terminal, len(names), max(map(len, names)))
     renderer.write(records)
     lines = stream.getvalue().rstrip("\n").splitlines()
     assert len(lines) == 1 + len(names)  # header, then one line per image
     for line, name in zip(lines[1:], names):
         assert Path(name).name in line
+
+
+def test_redirected_tables_keep_every_character(setup, tmp_path):
+    """Not a terminal (a file, a pipe): no width guess of 80, nothing cut; the same run on an 80-column terminal
+    cuts the paths at the front."""
+    root, checkpoint, _, _ = setup
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "and-another-level-of-folders"
+    names = [deep / f"photograph-with-a-long-descriptive-name-{i:02d}.png" for i in range(6)]
+    for i, name in enumerate(names):
+        name.parent.mkdir(parents=True, exist_ok=True)
+        smooth_rgb(40, 30, seed=i).save(name)
+    done = subprocess.run([str(MVIT), "classify", str(deep), "--weights", str(checkpoint), "--top-k", "5"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1 + len(names)
+    for line, name in zip(lines[1:], names):
+        assert line.startswith(str(name)) and "…" not in line
+        assert line.count("%") == 5  # top-1 and the next four, none cut

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from mvit_cli.cli.main import app
 
-COMMANDS = [["classify"], ["eval"], ["info"], ["bench"], ["export"], ["download"], ["import"],
+COMMANDS = [["classify"], ["embed"], ["eval"], ["info"], ["bench"], ["export"], ["download"], ["import"],
             ["cache", "list"], ["cache", "clear"]]
 MVIT = Path(sys.executable).with_name("mvit")
 

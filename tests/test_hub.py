@@ -184,21 +184,18 @@ def test_second_run_uses_the_cache_without_network(fake_hub, tmp_path, monkeypat
     assert store.resolve_weights("xxs", "timm", offline=False, progress=False) == first  # cached: no HEAD needed
 
 
-def test_verification_marker_saves_rehashing_until_the_file_changes(fake_hub, tmp_path):
+def test_bit_rot_under_the_same_size_and_mtime_is_caught_at_the_next_load(fake_hub, tmp_path):
     path = store.resolve_weights("xxs", "timm", progress=False)
     blob = Path(os.path.realpath(path))
-    # Flip a byte but keep size and mtime: a run trusts the marker (a stat, not a hash) ...
+    # Flip a byte but keep size and mtime, as bit rot or a careless edit would: a size-and-mtime check misses it.
     st = blob.stat()
     data = bytearray(blob.read_bytes())
     data[10] ^= 0xFF
     blob.write_bytes(bytes(data))
     os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))
-    store.forget()
-    assert store.resolve_weights("xxs", "timm", offline=True, progress=False) == path
-    # ... `cache list --verify` hashes again and tells the truth ...
-    assert [r.state for r in store.list_cache(verify=True)] == ["corrupt"]
-    # ... and once the marker is gone (or size/mtime differ), the next run re-hashes: the damaged file is
-    # deleted and never reaches the model.
+    # `cache list` hashes every file and tells the truth ...
+    assert [r.state for r in store.list_cache()] == ["corrupt"]
+    # ... and the next run (a new process) hashes before loading: the damaged file is deleted, never loaded.
     store.forget()
     with pytest.raises(WeightsUnavailableError, match="offline"):
         store.resolve_weights("xxs", "timm", offline=True, progress=False)
@@ -248,7 +245,7 @@ def test_failed_download_leaves_nothing_and_a_later_run_succeeds(fake_hub, tmp_p
     assert weight_files(tmp_path / "cache") == []
     fake_hub.reset_faults()
     path = store.resolve_weights("xxs", "timm", progress=False)
-    assert [r.state for r in store.list_cache(verify=True)] == ["verified"] and path.is_file()
+    assert [r.state for r in store.list_cache()] == ["verified"] and path.is_file()
 
 
 def test_offline_with_nothing_cached_explains_and_never_touches_the_network(fake_hub, tmp_path, monkeypatch):
@@ -377,12 +374,13 @@ def test_intact_copied_cache_is_verified_offline_and_never_deleted(copied_cache,
     assert copied_cache.read_bytes() == served(fake_hub)
     assert [r.state for r in store.list_cache()] == ["verified"]
     assert store.resolve_weights("xxs", "timm", offline=True, progress=False) == copied_cache
-    # Verified once (hashed against the blob huggingface_hub named by the hub's sha256): later runs check a
-    # stat only, so a byte changed under the same size and mtime goes unnoticed until `cache list --verify`.
+    # Its sha256, established once (against the blob huggingface_hub named by the hub's sha256), is remembered:
+    # a byte changed later under the same size and mtime is caught by the next listing and the next load.
     flip_byte(copied_cache, keep_mtime=True)
+    assert [r.state for r in store.list_cache()] == ["corrupt"]
     store.forget()
-    assert store.resolve_weights("xxs", "timm", offline=True, progress=False) == copied_cache
-    assert [r.state for r in store.list_cache(verify=True)] == ["corrupt"]
+    with pytest.raises(WeightsUnavailableError):
+        store.resolve_weights("xxs", "timm", offline=True, progress=False)
     assert len(fake_hub.log) == log_before  # offline throughout
 
 

@@ -91,3 +91,12 @@ BackendOpt = Annotated[
 TableOrJsonOpt = Annotated[
     TableOrJson, typer.Option("--format", "-f", help="table (for people) or json (for programs).")
 ]
+FilesFromOpt = Annotated[
+    Optional[Path],
+    typer.Option("--files-from", "-T", help="Also take inputs from this list: one path or URL per line (blank lines "
+                 "and # comments skipped), read as the run goes; - reads it from stdin.", show_default=False),
+]
+MaxDownloadOpt = Annotated[
+    float,
+    typer.Option("--max-download-mb", min=0.001, help="Size limit for one image fetched from a URL, in MB."),
+]

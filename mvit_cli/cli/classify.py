@@ -18,13 +18,18 @@ from mvit_cli.cli._options import (
     CacheDirOpt,
     Device,
     DeviceOpt,
+    FilesFromOpt,
+    MaxDownloadOpt,
     OfflineOpt,
     SourceOpt,
     VariantOpt,
     WeightsOpt,
     WorkersOpt,
 )
-from mvit_cli.errors import EXIT_OK, EXIT_PARTIAL
+from mvit_cli.distributed import broadcast_from_main
+from mvit_cli.pipeline.batching import num_batches
+from mvit_cli.safe_output import check_output, identity
+from mvit_cli.errors import EXIT_OK, EXIT_PARTIAL, UsageError
 
 
 class ClassifyFormat(str, Enum):
@@ -43,16 +48,20 @@ def register(app: typer.Typer) -> None:
     app.command("classify")(classify_command)
 
 
+# Formats whose files can be resumed: one record per line (jsonl) or per rank row (csv), appended batch by batch.
+RESUMABLE = (ClassifyFormat.jsonl, ClassifyFormat.csv)
+
+
 def classify_command(
     paths: Annotated[
-        list[str],
+        Optional[list[str]],
         typer.Argument(
-            help="Image files, folders (searched recursively), glob patterns (quoted: 'photos/*.jpg'), or - for "
-            "one image on stdin.",
+            help="Image files, folders (searched recursively), glob patterns (quoted: 'photos/*.jpg'), http(s) "
+            "URLs, or - for one image on stdin.",
             metavar="PATH",
             show_default=False,
         ),
-    ],
+    ] = None,
     variant: VariantOpt = None,
     source: SourceOpt = None,
     weights: WeightsOpt = None,
@@ -80,6 +89,13 @@ def classify_command(
         Optional[Path],
         typer.Option("--output", "-o", dir_okay=False, help="Write the results to this file instead of stdout."),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Keep the records already in --output (jsonl or csv), skip their inputs and "
+                     "append the rest: a killed job continues where it stopped."),
+    ] = False,
+    files_from: FilesFromOpt = None,
+    max_download_mb: MaxDownloadOpt = 50.0,
     no_recursive: Annotated[
         bool, typer.Option("--no-recursive", help="Take only the images directly inside each folder.")
     ] = False,
@@ -89,16 +105,22 @@ def classify_command(
     """Classify images: the top-k of the 1000 ImageNet classes for each, with probabilities.
 
     Any image Pillow reads (decided by content, not by name), in any number: folders are searched for jpg,
-    jpeg, png, webp, bmp, gif, tif and tiff files (any letter case; hidden files skipped). Results come out
-    in input order as each batch finishes. An image that cannot be decoded gets an error record and the
-    others are still classified (exit code 3).
+    jpeg, png, webp, bmp, gif, tif and tiff files (any letter case; hidden files skipped); http(s) URLs are
+    fetched (size and time limited); --files-from reads one path or URL per line, streamed. Results come out
+    in input order as each batch finishes. An input that cannot be read or decoded gets an error record and
+    the others are still classified (exit code 3).
 
     Output formats: table (one table per image for up to 4 images, one row per image beyond); json (one
     array); jsonl (one record per line, streamed); csv (one row per image and rank; a failed image is one
     row with its error column set). Records: {"path", "predictions": [{"rank", "index", "wnid", "label",
     "probability"}]} or {"path", "error"}.
 
-    Exit codes: 0 all classified, 1 usage or setup error, 3 some inputs failed.
+    Long jobs: --output FILE writes batch by batch; after a kill, the same command with --resume skips what
+    FILE holds and appends the rest. Under torchrun each process classifies its share and rank 0 writes FILE,
+    in input order.
+
+    Exit codes: 0 all classified, 1 usage or setup error, 3 some inputs failed, 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM); output written so far stays valid.
 
     Examples:
 
@@ -110,73 +132,113 @@ def classify_command(
 
       curl -s https://example.com/cat.jpg | mvit classify - --format json
 
-      mvit classify photos/ --weights mobilevit_s.safetensors --format csv --output results.csv
+      mvit classify --files-from list.txt --format jsonl -o out.jsonl --resume
+
+      torchrun --nproc-per-node 4 -m mvit_cli classify photos/ --format jsonl -o out.jsonl
     """
-    from mvit_cli import loading, runners
+    from mvit_cli import api
     from mvit_cli.cli import output
-    from mvit_cli.pipeline import inputs
-    from mvit_cli.pipeline.batching import num_batches
-    from mvit_cli.pipeline.records import classify_batches
+    from mvit_cli.cli._jobs import Job, gather_inputs
+    from mvit_cli.pipeline.sources import ReadPolicy
 
-    # Inputs are found before the model is loaded: a typo is reported in a second, not after a download.
-    images = inputs.expand_paths(paths, recursive=not no_recursive, warn=output.warn)
-    if output_file is not None:
-        _check_output_file(output_file, images)
-    model = loading.load_model(
-        variant.value if variant else None,
-        source.value if source else None,
-        weights,
-        device.value,
-        backend=backend.value, cache_dir=cache_dir,
-        offline=offline,
-        progress=output.progress_enabled(), warn=output.warn,
-        expected_images=len(images),
-    )
-    batch_size = batch_size or runners.default_batch_size(model.device)
-    workers = runners.default_workers() if workers is None else workers
-    workers = min(workers, num_batches(len(images), batch_size))  # no idle decoding threads to start
+    if resume and (output_file is None or output_format not in RESUMABLE):
+        raise UsageError("--resume continues an --output FILE written as jsonl or csv; give both")
+    job = Job(device.value)
+    try:
+        # Inputs are found before the model is loaded: a typo is reported in a second, not after a download.
+        inputs = gather_inputs(paths or [], files_from, not no_recursive, output.warn, ReadPolicy())
+        forbidden: frozenset[tuple[int, int]] = frozenset()
+        if output_file is not None:
+            _check_output(output_file, inputs, weights, resume)
+            forbidden = frozenset(key for key in (identity(output_file),) if key is not None)
+        done = _already_done(output_file, output_format, top_k) if resume and job.is_main else None
+        skip = broadcast_from_main(done.paths if done else set(), job.distributed)
+        classifier = api.load(
+            variant.value if variant else None, source.value if source else None, weights, job.device,
+            backend.value, cache_dir, offline, warn=output.warn, progress=job.is_main and output.progress_enabled(),
+            expected_images=inputs.count,
+        )
+        with job.signals(), inputs.stream() as stream:
+            todo = (item for item in stream if item.name not in skip) if skip else stream
+            batches = classifier.iter_classify_batches(
+                todo, top_k, batch_size, workers, fast_decode=decode is Decoding.fast,
+                max_download_bytes=int(max_download_mb * 1e6), forbidden_files=forbidden, job=job.distributed,
+                total=inputs.count,  # the whole job's size decides how the model runs: the same records resumed
+            )
+            written, failed = _write(batches, output_format, output_file, done, inputs, job, classifier, batch_size)
+    finally:
+        job.close()
 
-    failed = 0
-    with ExitStack() as stack:
-        stream = stack.enter_context(_open_output(output_file))
-        show_progress = num_batches(len(images), batch_size) > 1 and output.progress_enabled()
-        advance, table_console = stack.enter_context(_progress(show_progress, len(images), stream))
-        renderer = _renderer(output_format, stream, table_console, images)
-        try:
-            for records in classify_batches(images, model.run, model.preprocessing, top_k, batch_size, workers,
-                                            fast_decode=decode is Decoding.fast):
-                renderer.write(records)
-                failed += sum("error" in record for record in records)
-                advance(len(records))
-        finally:
-            renderer.close()  # also on Ctrl-C: what was written stays valid JSON / CSV
-
+    if job.stopped_code is not None:
+        return job.stopped_code
     if failed:
-        output.warn(f"{failed} of {len(images)} inputs could not be classified; see their error records")
+        output.warn(f"{failed} of {written} inputs could not be classified; see their error records")
         return EXIT_PARTIAL
     return EXIT_OK
 
 
-def _check_output_file(path: Path, images) -> None:
-    """Refuse an --output that cannot be written, or that would overwrite an input, before any work is done."""
-    from mvit_cli.errors import UsageError
+def _check_output(output_file: Path, inputs, weights: Path | None, resume: bool) -> None:
+    """Refuse an --output that could harm a file, before any work is done (`safe_output`)."""
+    protected = inputs.identities() | {identity(weights)} if weights else inputs.identities()
+    check_output(output_file, "--output", protected, refuse_images=True)
 
-    target = os.path.realpath(path)
-    if any(isinstance(item.source, Path) and os.path.realpath(item.source) == target for item in images):
-        raise UsageError(f"--output {path} is one of the input images; it would be overwritten")
-    folder = Path(target).parent
-    if not folder.is_dir():
-        raise UsageError(f"--output {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"--output {path}: the folder {folder} is not writable")
+
+def _already_done(output_file: Path, output_format: ClassifyFormat, top_k: int):
+    from mvit_cli.cli import output
+    from mvit_cli.cli.resume import scan
+
+    done = scan(output_file, output_format.value, top_k)
+    if done.records:
+        output.warn(f"resuming: {done.records:,} input(s) already in {output_file} are skipped")
+    if done.keep_bytes < done.size:
+        output.warn(f"resuming: dropped {done.size - done.keep_bytes} byte(s) of a record cut short in {output_file}")
+    return done
+
+
+def _write(batches, output_format: ClassifyFormat, output_file: Path | None, done, inputs, job, classifier,
+           batch_size: int | None) -> tuple[int, int]:
+    """Render every batch on the main process; (inputs written, inputs that failed)."""
+    from mvit_cli import runners
+    from mvit_cli.cli import output
+
+    if not job.is_main:
+        for _ in batches:  # the other processes only compute (and take part in each step's gather)
+            pass
+        return 0, 0
+    written = failed = 0
+    total = inputs.count
+    with ExitStack() as stack:
+        stream = stack.enter_context(_open_output(output_file, done))
+        batch_size = batch_size or runners.default_batch_size(classifier.device)
+        many = total is None or num_batches(total, batch_size) > 1
+        show_progress = many and output.progress_enabled()
+        advance, table_console = stack.enter_context(_progress(show_progress, total, stream))
+        renderer = _renderer(output_format, stream, table_console, inputs, header=not (done and done.header))
+        try:
+            for results in batches:
+                renderer.write([result.to_dict() for result in results])
+                written += len(results)
+                failed += sum(not result.ok for result in results)
+                advance(len(results))
+        finally:
+            renderer.close()  # also on Ctrl-C: what was written stays valid JSON / CSV
+    return written, failed
 
 
 @contextmanager
-def _open_output(path: Path | None) -> Iterator[TextIO]:
+def _open_output(path: Path | None, done) -> Iterator[TextIO]:
+    """stdout, the --output file (truncated), or with --resume the file cut to its complete records and
+    opened for appending."""
     if path is None:
         yield sys.stdout
         return
-    with open(path, "w", encoding="utf-8", newline="") as file:
+    if done is None:
+        with open(path, "w", encoding="utf-8", newline="") as file:
+            yield file
+        return
+    with open(path, "a", encoding="utf-8", newline="") as file:
+        if done.keep_bytes < done.size:
+            file.truncate(done.keep_bytes)  # a record the kill cut short
         yield file
 
 
@@ -189,7 +251,7 @@ def _same_terminal() -> bool:
 
 
 @contextmanager
-def _progress(enabled: bool, total: int, stream: TextIO):
+def _progress(enabled: bool, total: int | None, stream: TextIO):
     """Yields (advance(n), console for table output). The bar is on stderr and only when someone watches."""
     from mvit_cli.cli import output
 
@@ -210,9 +272,13 @@ def _progress(enabled: bool, total: int, stream: TextIO):
         yield (lambda n: bar.advance(task, n)), console
 
 
-def _renderer(output_format: ClassifyFormat, stream: TextIO, console, images):
+def _renderer(output_format: ClassifyFormat, stream: TextIO, console, inputs, header: bool = True):
     from mvit_cli.cli import render
+    from mvit_cli.cli.output import printable
 
     if output_format is ClassifyFormat.table:
-        return render.TableRenderer(console, len(images), max(len(item.name) for item in images))
+        widest = max((len(printable(item.name)) for item in inputs.named), default=None)
+        return render.TableRenderer(console, inputs.count, widest if inputs.count is not None else None)
+    if output_format is ClassifyFormat.csv:
+        return render.CsvRenderer(stream, header=header)
     return render.MACHINE_RENDERERS[output_format.value](stream)

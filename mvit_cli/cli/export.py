@@ -72,7 +72,10 @@ def export_command(
     """
     from mvit_cli import export, loading
     from mvit_cli.cli import output
+    from mvit_cli.safe_output import check_output, identity
 
+    if output_file is not None:  # a wrong target is refused before the weights are loaded
+        check_output(output_file, "--output", {identity(weights)} if weights else (), "the weights file")
     model = loading.load_model(
         variant.value if variant else None,
         source.value if source else None,
@@ -84,6 +87,7 @@ def export_command(
     )
     fmt = export_format.value
     path = output_file or Path(f"mobilevit_{model.variant}{SUFFIX[fmt]}")
+    check_output(path, "--output", {identity(model.weights_path)}, "the weights file")
     result = export.export(model.module, fmt, path, input_size, input_size, verify=not no_check)
     typer.echo(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB): MobileViT-{model.variant.upper()} as {fmt}, "
                f"input [B, 3, {input_size}, {input_size}] float32 RGB in [0, 1]")

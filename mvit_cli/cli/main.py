@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
+import warnings
 from typing import Any, Optional
 
 import typer
 from typer.core import TyperGroup
 
 from mvit_cli import __version__
-from mvit_cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, MvitError
+from mvit_cli.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, MvitError, Terminated
 
 
 class _State:
@@ -22,7 +25,9 @@ state = _State()
 
 
 def _fail(message: str, code: int) -> int:
-    typer.echo(f"mvit: error: {message}", err=True)
+    from mvit_cli.cli.output import printable
+
+    typer.echo(f"mvit: error: {printable(message)}", err=True)
     return code
 
 
@@ -49,6 +54,9 @@ class MvitGroup(TyperGroup):
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         debug = state.debug or "--debug" in (sys.argv if args is None else list(args))
+        _terminate_like_ctrl_c()
+        if not debug:
+            _warnings_as_notes()
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = result if isinstance(result, int) else 0
@@ -71,12 +79,50 @@ class MvitGroup(TyperGroup):
                 if not debug:
                     message += " (run with --debug for the traceback)"
                 code = _fail(message, EXIT_USAGE)
+        if code == EXIT_INTERRUPTED and _terminated.is_set():
+            # typer turns any KeyboardInterrupt (Terminated is one) into exit code 130 on its way out.
+            code = EXIT_TERMINATED
         if code == EXIT_INTERRUPTED:
             # Ctrl-C: typer turns it into exit code 130 inside a command; say why the run stopped short.
             typer.echo("mvit: interrupted", err=True)
+        elif code == EXIT_TERMINATED:
+            typer.echo("mvit: terminated (SIGTERM)", err=True)
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+_terminated = threading.Event()
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    _terminated.set()
+    raise Terminated()
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (timeout, docker stop, systemd) stops a run as Ctrl-C does: outputs are closed valid, exit 143.
+    Python's default for SIGTERM is to die on the spot, leaving a JSON array unclosed."""
+    _terminated.clear()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _warnings_as_notes() -> None:
+    """A library's warning (Pillow, torch, huggingface_hub) that reaches mvit's stderr comes out as one line of
+    mvit's, once, instead of a file:line dump with source code; --debug shows the originals."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        from mvit_cli.cli.output import warn
+
+        lines = str(message).strip().splitlines()
+        text = f"{category.__name__}: {lines[0] if lines else ''}"
+        if text not in seen:
+            seen.add(text)
+            warn(f"note: {text}")
+
+    warnings.showwarning = show
 
 
 app = typer.Typer(
@@ -110,9 +156,9 @@ def _main(
 
 def _register() -> None:
     # Command modules import torch and friends lazily, inside the commands, so `mvit --help` stays fast.
-    from mvit_cli.cli import bench, classify, evaluate, export, info, weights
+    from mvit_cli.cli import bench, classify, embed, evaluate, export, info, weights
 
-    for module in (classify, evaluate, info, weights, bench, export):
+    for module in (classify, embed, evaluate, info, weights, bench, export):
         module.register(app)
 
 

@@ -7,23 +7,47 @@ so they stay clean enough to pipe: no colour, no wrapping, no progress bars mixe
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any, TextIO
 
 from rich.console import Console
 
 
+# A console that is not a terminal (a file, a pipe) has no width: rich would assume 80 columns and cut paths,
+# labels, hashes and error lines to fit them. Output meant for a file keeps every character instead.
+UNBOUNDED_WIDTH = 100_000
+
+
 def stdout_console(file: TextIO | None = None) -> Console:
-    return Console(file=file or sys.stdout, soft_wrap=False)
+    """Rich console for human output on stdout (or `file`): the terminal's width, or unbounded when redirected."""
+    stream = file or sys.stdout
+    console = Console(file=stream, soft_wrap=False)
+    if not console.is_terminal:
+        console = Console(file=stream, soft_wrap=False, width=UNBOUNDED_WIDTH)
+    return console
 
 
 def stderr_console() -> Console:
     return Console(file=sys.stderr, stderr=True)
 
 
+# C0 controls (ESC, BEL, newline, carriage return, backspace ...), DEL and the C1 controls (0x80-0x9f, which some
+# terminals also obey, e.g. 0x9b is CSI). A file name may hold any of them.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: control characters shown as escapes (\\n, \\x1b), never sent as such.
+
+    A file name like "a\\x1b]52;c;...\\x07.jpg" would otherwise write the clipboard when printed, "\\x1b[31m"
+    recolour the screen, and a newline split a table row. JSON and CSV escape them by their own rules."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def warn(message: str) -> None:
-    """One diagnostic line on stderr (not an error: the run goes on)."""
-    print(f"mvit: {message}", file=sys.stderr, flush=True)
+    """One diagnostic line on stderr (not an error: the run goes on); control characters escaped."""
+    print(f"mvit: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def write_json(obj: Any, file: TextIO | None = None) -> None:

@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mvit_cli.cli.output import printable
+
 Record = dict[str, Any]
 
 CSV_COLUMNS = ("path", "rank", "index", "wnid", "label", "probability", "error")
@@ -29,6 +31,7 @@ DETAILED_TABLE_MAX_IMAGES = 4
 BAR_WIDTH = 20
 LABEL_WIDTH = 30  # the longest class name, "American Staffordshire terrier"
 PROB_WIDTH = 6  # "100.0%"
+MAX_PATH_WIDTH = 50  # the image column's widest; also its width when the inputs are streamed (uncounted)
 
 
 class Renderer(Protocol):
@@ -70,10 +73,11 @@ class JsonlRenderer:
 
 
 class CsvRenderer:
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: TextIO, header: bool = True):
         self.stream = stream
         self.writer = csv.writer(stream, lineterminator="\n")
-        self.writer.writerow(CSV_COLUMNS)
+        if header:  # not when appending to a resumed file that has it
+            self.writer.writerow(CSV_COLUMNS)
 
     def write(self, records: list[Record]) -> None:
         for record in records:
@@ -104,10 +108,16 @@ def bar(probability: float, width: int = BAR_WIDTH) -> str:
 class TableRenderer:
     """Rich tables: one per image for a few images, else one compact row per image (streamed per batch)."""
 
-    def __init__(self, console: Console, num_images: int, path_width: int):
+    def __init__(self, console: Console, num_images: int | None, path_width: int | None):
+        """`path_width`: the longest input name, None when the inputs are streamed (not known up front).
+
+        On a terminal, rows fit its width: a long path is cut at the front, other predictions end in "...".
+        Redirected to a file or a pipe, nothing is ever cut."""
         self.console = console
-        self.detailed = num_images <= DETAILED_TABLE_MAX_IMAGES
-        self.path_width = min(max(path_width, len("image")), 50)
+        self.detailed = num_images is not None and num_images <= DETAILED_TABLE_MAX_IMAGES
+        self.fit = console.is_terminal
+        width = max(path_width or MAX_PATH_WIDTH, len("image"))
+        self.path_width = min(width, MAX_PATH_WIDTH) if self.fit else (width if path_width is not None else None)
         self.first = True
 
     def write(self, records: list[Record]) -> None:
@@ -120,10 +130,11 @@ class TableRenderer:
 
     def _detailed(self, record: Record) -> None:
         if "error" in record:
-            self.console.print(Text.assemble((record["path"], "bold"), ": ", ("error: " + record["error"], "red")))
+            self.console.print(Text.assemble((printable(record["path"]), "bold"), ": ",
+                                             ("error: " + printable(record["error"]), "red")))
             return
         # Paths go in as Text, never as str: rich would read "[...]" in a file name as markup.
-        table = Table(title=Text(record["path"]), title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
+        table = Table(title=Text(printable(record["path"])), title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
         table.add_column("#", justify="right")
         table.add_column("label")
         table.add_column("wnid", style="dim")
@@ -136,16 +147,18 @@ class TableRenderer:
     def _compact(self, records: list[Record]) -> None:
         # Fixed column widths and the header only on the first batch: the per-batch tables read as one.
         table = Table(box=None, show_header=self.first, header_style="bold", pad_edge=False, collapse_padding=True)
-        # Every width is fixed (the last column takes what the terminal has left), so batches line up.
-        next_width = max(12, self.console.width - self.path_width - LABEL_WIDTH - PROB_WIDTH - 3)
+        # Every width is fixed (on a terminal the last column takes what is left), so batches line up.
+        fixed = self.path_width or 0
+        next_width = max(12, self.console.width - fixed - LABEL_WIDTH - PROB_WIDTH - 3) if self.fit else None
         table.add_column("image", width=self.path_width, no_wrap=True)
-        table.add_column("top-1", width=LABEL_WIDTH, overflow="ellipsis", no_wrap=True)
+        table.add_column("top-1", width=LABEL_WIDTH, overflow="ellipsis", no_wrap=True)  # the longest label fits
         table.add_column("prob", justify="right", width=PROB_WIDTH, no_wrap=True)
-        table.add_column("next", width=next_width, style="dim", overflow="ellipsis", no_wrap=True)
+        table.add_column("next", width=next_width, style="dim", overflow="ellipsis" if self.fit else "ignore",
+                         no_wrap=True)
         for record in records:
             if "error" in record:
                 # The reason may wrap (it says what is wrong); predictions stay one line per image.
-                reason = Text(record["error"], style="red", no_wrap=False, overflow="fold")
+                reason = Text(printable(record["error"]), style="red", no_wrap=not self.fit, overflow="fold")
                 table.add_row(Text(self._fit(record["path"])), Text("error", style="red"), "", reason)
                 continue
             top, *others = record["predictions"]
@@ -155,7 +168,10 @@ class TableRenderer:
 
     def _fit(self, path: str) -> str:
         """A path cut at the front, so that one image stays one line and its file name stays visible."""
-        return path if len(path) <= self.path_width else "…" + path[len(path) - self.path_width + 1:]
+        path = printable(path)
+        if not self.fit or len(path) <= self.path_width:
+            return path
+        return "…" + path[len(path) - self.path_width + 1:]
 
     def close(self) -> None:
         pass

@@ -150,21 +150,21 @@ def import_command(
 def cache_list_command(
     output_format: TableOrJsonOpt = TableOrJson.table,
     verify: Annotated[
-        bool, typer.Option("--verify", help="Hash every file now instead of trusting earlier verification.")
+        bool, typer.Option("--verify", hidden=True, help="Kept for scripts: every listing hashes every file.")
     ] = False,
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """List the weight files in the cache: variant, source, downloaded or imported, size, verified or not.
 
-    "verified" means the file's sha256 matched when it was last hashed and its size and modification time
-    have not changed since; --verify hashes every file again. "corrupt" files are deleted (and downloaded
-    again) the next time they are needed.
+    Every file is hashed now (sha256; ~15 ms for the largest): "verified" means it holds the expected bytes,
+    "corrupt" that it does not (it is deleted, and downloaded again, the next time it is needed). A plain copy
+    of a download whose expected hash is not known offline is "unverified" and never loaded.
 
     Examples:
 
         mvit cache list
 
-        mvit cache list --format json --verify
+        mvit cache list --format json
 
         MVIT_CACHE=/mnt/weights mvit cache list
     """
@@ -172,7 +172,7 @@ def cache_list_command(
     from mvit_cli.cli.output import stdout_console, write_json
 
     root = store.cache_root(cache_dir)
-    rows = store.list_cache(cache_dir=cache_dir, verify=verify)
+    rows = store.list_cache(cache_dir=cache_dir)
     exports_dir, exports_bytes = store.exports_size(cache_dir)
     if output_format is TableOrJson.json:
         write_json({

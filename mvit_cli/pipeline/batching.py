@@ -13,25 +13,28 @@ needs /dev/shm (small in many containers), and nothing is imported again under "
 
 Decoded pixels stay uint8 and channels-last ([H, W, 3], as Pillow lays them out) until the calling thread turns
 a whole batch into float32 in one pass, still channels-last: the layout the CPU model runs in. At most
-`PREFETCH_BATCHES` batches are decoded ahead of the one being handed out.
+`PREFETCH_BATCHES` batches are decoded ahead of the one being handed out, and the inputs are taken from their
+iterable only that far ahead: a list of millions of inputs streams through in constant memory.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
 
 from mvit_cli.errors import ImageDecodeError
-from mvit_cli.pipeline.images import Unreadable, decode_image
+from mvit_cli.pipeline.images import decode_image
+from mvit_cli.pipeline.sources import ReadPolicy, Source
 from mvit_cli.preprocess import Preprocessing, normalize, resize_and_crop, to_uint8_hwc
 
-Source = Path | bytes | Unreadable  # a file, the raw bytes of one image (stdin), or a known failure
+Item = TypeVar("Item")
 
 # Size of the first batch; the next ones double up to the batch size. The model starts once the first few images
 # are decoded instead of a whole batch (32 images: ~0.1 s of one core), and the first results show sooner.
@@ -43,35 +46,42 @@ PREFETCH_BATCHES = 2
 
 
 @dataclass
-class Batch:
-    indices: list[int]  # positions in the input sequence of the images that decoded OK
+class Batch(Generic[Item]):
+    start: int  # position in the input sequence of the batch's first input
+    items: list[Item]  # the batch's inputs, in order: positions start .. start + len(items) - 1
+    indices: list[int]  # positions of the inputs that decoded OK
     images: torch.Tensor  # [len(indices), 3, H, W] float32, preprocessed; channels_last in memory
     failures: list[tuple[int, str]]  # (position, reason) of inputs that failed to decode in this batch
 
+    def item(self, position: int) -> Item:
+        return self.items[position - self.start]
+
 
 def load_pixels(source: Source, preprocessing: Preprocessing, exif_transpose: bool = True,
-                fast: bool = False) -> np.ndarray:
+                fast: bool = False, policy: ReadPolicy = ReadPolicy()) -> np.ndarray:
     """Decode one image and resize/crop it: [crop, crop, 3] uint8. Raises on any failure.
 
     `fast`: JPEGs decoded at a reduced scale and only the crop resampled (see `decode_image`, `resize_and_crop`);
     not the reference protocol's pixels.
     """
     draft_shorter = preprocessing.resize_shorter if fast else None
-    image = decode_image(source, exif_transpose, draft_shorter)
+    image = decode_image(source, exif_transpose, draft_shorter, policy)
     return to_uint8_hwc(resize_and_crop(image, preprocessing, fast))
 
 
-def _decode(source: Source, preprocessing: Preprocessing, exif_transpose: bool, fast: bool) -> np.ndarray | str:
+def _decode(source: Source, preprocessing: Preprocessing, exif_transpose: bool, fast: bool,
+            policy: ReadPolicy) -> np.ndarray | str:
     """The image's pixels, or the reason it has none."""
     try:
-        return load_pixels(source, preprocessing, exif_transpose, fast)
+        return load_pixels(source, preprocessing, exif_transpose, fast, policy)
     except ImageDecodeError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - any failure is this image's error record, never the run's
         return f"cannot process image: {type(exc).__name__}: {exc}"
 
 
-def _batch(span: range, decoded: list[np.ndarray | str], preprocessing: Preprocessing) -> Batch:
+def _batch(start: int, items: list, decoded: list[np.ndarray | str], preprocessing: Preprocessing) -> Batch:
+    span = range(start, start + len(items))
     ok = [(position, pixels) for position, pixels in zip(span, decoded) if not isinstance(pixels, str)]
     failures = [(position, reason) for position, reason in zip(span, decoded) if isinstance(reason, str)]
     if ok:
@@ -79,65 +89,96 @@ def _batch(span: range, decoded: list[np.ndarray | str], preprocessing: Preproce
     else:
         size = preprocessing.crop_size
         pixels = torch.empty((0, size, size, 3), dtype=torch.uint8)
-    return Batch([position for position, _ in ok], normalize(pixels.permute(0, 3, 1, 2), preprocessing), failures)
+    images = normalize(pixels.permute(0, 3, 1, 2), preprocessing)
+    return Batch(start, items, [position for position, _ in ok], images, failures)
+
+
+def batch_sizes(batch_size: int) -> Iterator[int]:
+    """Sizes of consecutive batches: FIRST_BATCH, doubling, then `batch_size` for ever."""
+    size = min(FIRST_BATCH, batch_size)
+    while True:
+        yield size
+        size = min(2 * size, batch_size)
 
 
 def batch_spans(num_sources: int, batch_size: int) -> Iterator[range]:
-    """Consecutive position ranges covering every input: FIRST_BATCH, doubling, then `batch_size` each."""
-    start, size = 0, min(FIRST_BATCH, batch_size)
-    while start < num_sources:
+    """Consecutive position ranges covering `num_sources` inputs (`batch_sizes`)."""
+    start = 0
+    for size in batch_sizes(batch_size):
+        if start >= num_sources:
+            return
         yield range(start, min(start + size, num_sources))
         start += size
-        size = min(2 * size, batch_size)
 
 
 def num_batches(num_sources: int, batch_size: int) -> int:
     return sum(1 for _ in batch_spans(num_sources, batch_size))
 
 
+def _chunks(items: Iterable[Item], batch_size: int) -> Iterator[tuple[int, list[Item]]]:
+    """(start position, items) of each batch, taken from `items` only as they are asked for."""
+    iterator, start = iter(items), 0
+    for size in batch_sizes(batch_size):
+        chunk = list(itertools.islice(iterator, size))
+        if not chunk:
+            return
+        yield start, chunk
+        start += len(chunk)
+
+
 def iter_batches(
-    sources: Sequence[Source],
+    items: Iterable[Item],
     preprocessing: Preprocessing,
     batch_size: int,
     workers: int,
     exif_transpose: bool = True,
     fast_decode: bool = False,
-) -> Iterator[Batch]:
+    source_of: Callable[[Item], Source] | None = None,
+    policy: ReadPolicy | None = None,
+) -> Iterator[Batch[Item]]:
     """Batches of preprocessed images, in input order, decoded by `workers` threads (0: on the calling thread).
 
-    Every input appears exactly once, either in some batch's `indices` or in its `failures`. Batches hold
-    `batch_size` consecutive inputs, except the first few, which grow to it (`batch_spans`).
-    `exif_transpose=False` ignores EXIF orientation, like the reference evaluation pipelines (see images.py).
-    `fast_decode` trades exact reference pixels for speed (`load_pixels`).
-    Closing the iterator early drops the decoding not yet started and waits for the rest (milliseconds).
+    `items` may be any iterable, of any length: it is consumed only a few batches ahead. Each item is an input
+    (`sources.Source`), or anything `source_of` turns into one. Every input appears exactly once, either in
+    some batch's `indices` or in its `failures`. Batches hold `batch_size` consecutive inputs, except the first
+    few, which grow to it (`batch_sizes`). `exif_transpose=False` ignores EXIF orientation, like the reference
+    evaluation pipelines (see images.py). `fast_decode` trades exact reference pixels for speed (`load_pixels`).
+    `policy` bounds every read (`sources.ReadPolicy`).
+
+    Closing the iterator early (or Ctrl-C) cancels the reads in flight (URL downloads stop within a fraction of
+    a second) and drops the decoding not yet started.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    cancelled = threading.Event()
+    policy = replace(policy or ReadPolicy(), cancelled=cancelled)
+    source_of = source_of or (lambda item: item)
 
-    def decode(position: int) -> np.ndarray | str:
-        return _decode(sources[position], preprocessing, exif_transpose, fast_decode)
+    def decode(item: Item) -> np.ndarray | str:
+        return _decode(source_of(item), preprocessing, exif_transpose, fast_decode, policy)
 
-    spans = batch_spans(len(sources), batch_size)
+    chunks = _chunks(items, batch_size)
     if workers <= 0:
-        for span in spans:
-            yield _batch(span, [decode(position) for position in span], preprocessing)
+        for start, chunk in chunks:
+            yield _batch(start, chunk, [decode(item) for item in chunk], preprocessing)
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="mvit-decode")
-    queued: deque[tuple[range, list[Future]]] = deque()
+    queued: deque[tuple[int, list, list[Future]]] = deque()
     try:
-        for span in spans:
-            queued.append((span, [pool.submit(decode, position) for position in span]))
+        for start, chunk in chunks:
+            queued.append((start, chunk, [pool.submit(decode, item) for item in chunk]))
             if len(queued) > PREFETCH_BATCHES:
                 yield _finish(queued.popleft(), preprocessing)
         while queued:
             yield _finish(queued.popleft(), preprocessing)
     finally:
+        cancelled.set()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _finish(queued: tuple[range, list[Future]], preprocessing: Preprocessing) -> Batch:
-    span, futures = queued
-    return _batch(span, [future.result() for future in futures], preprocessing)
+def _finish(queued: tuple[int, list, list[Future]], preprocessing: Preprocessing) -> Batch:
+    start, chunk, futures = queued
+    return _batch(start, chunk, [future.result() for future in futures], preprocessing)
 
 
 def run_batches(batches: Iterable[Batch], run: Callable[[torch.Tensor], torch.Tensor]

@@ -99,7 +99,7 @@ class FetchLimits:
 class FetchError(Exception):
     """One URL could not be fetched; str(exc) is a short one-line reason for an error record,
     e.g. 'HTTP 404 Not Found', 'connection refused', 'timed out after 10 s (connect)',
-    'larger than the 50 MB limit (--max-download-mb)', 'too many redirects (more than 5)',
+    'larger than the 50 MB download limit', 'too many redirects (more than 5)',
     'redirect to unsupported scheme ftp:', 'cannot resolve host example.invalid'."""
 
     def __init__(self, reason: str, url: str, status: int | None = None) -> None:
@@ -333,7 +333,7 @@ class _Fetch:
         return bytes(body)
 
     def too_large(self) -> FetchError:
-        return self.fail(f"larger than the {_size(self.limits.max_bytes)} limit (--max-download-mb)")
+        return self.fail(f"larger than the {_size(self.limits.max_bytes)} download limit")
 
 
 class _Channel:

@@ -95,7 +95,7 @@ class OnnxRuntimeRunner(Runner):
         x = batch.detach().to("cpu", torch.float32).contiguous()
         n = x.shape[0]
         if n == 0:
-            return Pending.done(torch.empty(0, getattr(getattr(self.model, "cfg", None), "num_classes", 1000)))
+            return Pending.done(torch.empty(0, self.model.output_width))
         if self._pool is None or n <= self.micro_batch:
             return Pending.done(self._run(x, self.threads))
         return self._pool.submit(lambda chunk: self._run(chunk.contiguous(), 1), list(x.split(self.micro_batch)), n)

@@ -15,15 +15,16 @@ How it gets its speed, each step measured in benchmarks/RESULTS.md:
    5e-6. Cost: one profiling call and one compiling call (~0.2 s) per input shape, done while tracing.
    MVIT_ONEDNN_FUSION=0 turns it off (the traced graph then runs unoptimised, as before).
 4. Images are split across the cores in chunks of two (`CPU_MICRO_BATCH`; a short last chunk is padded so one
-   trace serves every batch size, on one core as on many), each core running single-threaded kernels; a batch
-   of one image runs on all cores instead (lowest latency), on the chunk's graph, padded, if that exists. Per
+   trace serves every batch size, on one core as on many, and every image gets the same bits however it is
+   batched: `same_shape_chunks`), each core running single-threaded kernels; a traced batch of one chunk runs
+   on all cores instead (lowest latency), on the chunk's graph, padded. Per
    image, splitting (measured one image per core, unfused) is ~10% faster than running the whole batch with
    multi-threaded kernels on an idle machine (XXS 6.2 vs 6.7 ms, S 21.5 vs 23.7 ms, 2 cores) and 2.4x faster
    when another process keeps one core busy (XXS 10.1 vs 24.7 ms): single-threaded kernels never wait for a
    descheduled sibling thread, so decoding threads or anything else sharing the cores slows the model down
    only in proportion. `submit` queues a batch's chunks and returns at once: the pipeline
-   (`pipeline.batching.run_batches`) queues the next batch behind the running one, so the cores do not idle while the
-   caller handles results.
+   (`pipeline.batching.run_batches`) queues the next batch behind the running one, so the cores do not idle while
+   the caller handles results.
 5. glibc's allocator hands blocks above its mmap threshold back to the OS on free, so every big tensor is
    page-faulted in again on the next call; raising its thresholds once per process (`mallopt`) keeps them
    (see `tune_allocator`; MVIT_MALLOC_TUNING=0 turns it off). mvit's per-image path rarely allocates that
@@ -138,23 +139,15 @@ class TorchCpuRunner(Runner):
         x = batch.to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
         n = x.shape[0]
         if n == 0:
-            return Pending.done(torch.empty(0, self.module.classifier.out_features))
-        if n <= self.micro_batch:
-            return Pending.done(self._run_small(x))
+            return Pending.done(torch.empty(0, self.module.output_width))
         chunks = same_shape_chunks(x, self.micro_batch)  # one shape: one trace serves every batch size
+        if n <= self.micro_batch and self.trace:
+            # One chunk, on the calling thread with all cores (lowest latency). A traced graph gives the same bits
+            # on any number of threads (measured), so this changes nothing in the result.
+            return Pending.done(self._run_one(chunks[0])[:n])
         if self._pool is None:
             return Pending.done(torch.cat([self._run_one(chunk) for chunk in chunks])[:n])
         return self._pool.submit(self._run_one, chunks, n)
-
-    def _run_small(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch no bigger than one chunk, on the calling thread with all cores (lowest latency), not on one
-        core alone. Smaller than a chunk, it borrows the chunk's graph (padded) when that exists and its own does
-        not: a trace costs ~0.5 s, the padding one image's compute (a lone last image of a long run)."""
-        n = x.shape[0]
-        chunk_shape = (self.micro_batch, *x.shape[1:])
-        if n < self.micro_batch and chunk_shape in self._traced and tuple(x.shape) not in self._traced:
-            return self._run_one(same_shape_chunks(x, self.micro_batch)[0])[:n]
-        return self._run_one(x)
 
 
 def same_shape_chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -163,6 +156,12 @@ def same_shape_chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:
     Every chunk then has one shape, so one traced graph serves every batch size: a short last chunk would need a
     trace of its own (~0.5 s, the cost of 25-50 images). The padding images cost a little compute; images do not
     interact in inference, so the real images' logits are unchanged (the caller drops the padding's).
+
+    It also makes results exact across ways of running: an image's logits are those of the chunk graph, bit for
+    bit, whatever batch it came in, whichever images are beside it and however many threads run it (measured:
+    a graph traced for 1 image, or eager kernels on another shape or thread count, differ by ~1e-6, which moves
+    the 8th decimal of a probability). The same inputs therefore give the same records from Python and the shell,
+    resumed or not, on one process or many.
     """
     chunks = list(x.split(size))
     short = size - chunks[-1].shape[0]

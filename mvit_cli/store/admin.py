@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mvit_cli import manifest
 from mvit_cli.manifest import WeightEntry
-from mvit_cli.store.config import MVIT_DIR, cache_root
+from mvit_cli.store.config import MVIT_DIR, checked_root
 from mvit_cli.store.downloads import cached_download, remove_download, repo_folder
 from mvit_cli.store.exports import EXPORTS_DIR, download_origin, import_origin, remove_exports
 from mvit_cli.store.imports import cached_import, import_paths
@@ -15,13 +15,14 @@ from mvit_cli.store.memo import forget
 from mvit_cli.store.verify import CachedFile, remove_marker
 
 
-def list_cache(cache_dir: Path | None = None, verify: bool = False) -> list[CachedFile]:
-    """Every mvit weight file in the cache. `verify`: hash every file now, ignoring verification markers."""
-    root = cache_root(cache_dir)
+def list_cache(cache_dir: Path | None = None) -> list[CachedFile]:
+    """Every mvit weight file in the cache, each hashed now: "verified", or "corrupt" (or, for a plain copy whose
+    expected hash is not known offline, "unverified")."""
+    root = checked_root(cache_dir)
     rows: list[CachedFile] = []
     for entry in manifest.entries():
-        for found in (cached_download(entry, root, hash_now=True, use_marker=not verify),
-                      cached_import(root, entry.variant, entry.source, hash_now=True, use_marker=not verify)):
+        for found in (cached_download(entry, root, hash_now=True),
+                      cached_import(root, entry.variant, entry.source, hash_now=True)):
             if found is not None:
                 rows.append(found)
     return rows
@@ -34,7 +35,7 @@ def clear_cache(variant: str | None = None, source: str | None = None, cache_dir
     Only the manifest's files are removed from huggingface_hub's repo folders; a repo folder left without any
     file is removed whole.
     """
-    root = cache_root(cache_dir)
+    root = checked_root(cache_dir)
     removed: list[CachedFile] = []
     for entry in manifest.entries():
         if variant not in (None, entry.variant) or source not in (None, entry.source):

@@ -11,6 +11,8 @@ import os
 import re
 from pathlib import Path
 
+from mvit_cli.errors import UsageError
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MVIT_DIR = "mvit"  # mvit's own folder inside the cache root
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -47,3 +49,19 @@ def describe_root(cache_dir: Path | None = None) -> str:
         if os.environ.get(name):
             return name
     return "default"
+
+
+class CacheDirError(UsageError):
+    """The configured weight cache is not a usable folder."""
+
+    def __init__(self, root: Path, origin: str, reason: str):
+        super().__init__(f"the weight cache {root} (set by {origin}) {reason}; point it at a folder")
+        self.root, self.origin, self.reason = root, origin, reason
+
+
+def checked_root(cache_dir: Path | str | None = None) -> Path:
+    """`cache_root`, refused when it exists and is not a folder (e.g. MVIT_CACHE set to a file)."""
+    root = cache_root(cache_dir)
+    if root.exists() and not root.is_dir():
+        raise CacheDirError(root, describe_root(cache_dir), "is a file, not a folder")
+    return root

@@ -27,7 +27,6 @@ from mvit_cli.manifest import WeightEntry
 from mvit_cli.store.config import SHA256_PATTERN, endpoint
 from mvit_cli.store.verify import (
     CachedFile,
-    marker_valid,
     read_marker,
     remove_marker,
     sha256_file,
@@ -126,18 +125,17 @@ def remove_download(entry: WeightEntry, root: Path, path: Path) -> None:
             pass
 
 
-def cached_download(entry: WeightEntry, root: Path, hash_now: bool, use_marker: bool = True) -> CachedFile | None:
+def cached_download(entry: WeightEntry, root: Path, hash_now: bool) -> CachedFile | None:
+    """The cached file of `entry`, hashed now (`hash_now`: "verified" or "corrupt") or not ("unverified")."""
     path = snapshot_path(entry, root)
     if path is None:
         return None
     expected = expected_sha256(entry, root, path)
     blob = Path(os.path.realpath(path))
-    if expected is not None and use_marker and marker_valid(root, blob, expected):
-        state = "verified"
-    elif not hash_now:
+    if not hash_now:
         state = "unverified"
     elif expected is not None:
-        state = "verified" if verify_file(root, blob, expected, use_marker=False) else "corrupt"
+        state = "verified" if verify_file(root, blob, expected) else "corrupt"
     else:  # a plain copy with no hash known: only a blob of its own hash can vouch for it
         state = "verified" if _sha256_vouched_by_blobs(entry, root, blob) else "unverified"
     return CachedFile(entry.variant, entry.source, "download", path, blob.stat().st_size, state,
@@ -241,7 +239,7 @@ def fetch(entry: WeightEntry, root: Path, progress: bool, warn: Warn) -> tuple[P
         # the hub's sha256 now tells whether it is the pinned file, or a damaged one to replace.
         existing = snapshot_path(entry, root)
         if existing is not None:
-            if verify_file(root, Path(os.path.realpath(existing)), expected, use_marker=False):
+            if verify_file(root, Path(os.path.realpath(existing)), expected):
                 return existing, expected, False
             remove_corrupt(entry, root, existing, warn)
         size = f"{meta.size / 1e6:.1f} MB" if meta.size else entry.size_approx

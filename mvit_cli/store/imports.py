@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mvit_cli import checkpoints, manifest
-from mvit_cli.store.config import MVIT_DIR, cache_root
+from mvit_cli.store.config import MVIT_DIR, checked_root
 from mvit_cli.store.memo import forget
-from mvit_cli.store.verify import CachedFile, marker_valid, sha256_file, verify_file, write_marker
+from mvit_cli.store.verify import CachedFile, sha256_file, verify_file, write_marker
 
 
 @dataclass
@@ -49,15 +49,14 @@ def read_import(root: Path, variant: str, source: str) -> tuple[Path, ImportReco
     return weights, record
 
 
-def cached_import(root: Path, variant: str, source: str, hash_now: bool, use_marker: bool = True) -> CachedFile | None:
+def cached_import(root: Path, variant: str, source: str, hash_now: bool) -> CachedFile | None:
+    """The imported file for (variant, source), hashed now against its record (`hash_now`) or not."""
     found = read_import(root, variant, source)
     if found is None:
         return None
     weights, record = found
-    if use_marker and marker_valid(root, weights, record.sha256):
-        state = "verified"
-    elif hash_now:
-        state = "verified" if verify_file(root, weights, record.sha256, use_marker=False) else "corrupt"
+    if hash_now:
+        state = "verified" if verify_file(root, weights, record.sha256) else "corrupt"
     else:
         state = "unverified"
     detail = f"imported from {record.original_name} ({record.original_format} format)"
@@ -77,7 +76,7 @@ def import_checkpoint(file: Path, variant: str | None = None, source: str | None
     manifest.entry(checkpoint.variant, source)  # validates the source
     original_sha256 = sha256_file(file)
     published = manifest.entry(checkpoint.variant, source).sha256
-    root = cache_root(cache_dir)
+    root = checked_root(cache_dir)
     weights, record_path = import_paths(root, checkpoint.variant, source)
     weights.parent.mkdir(parents=True, exist_ok=True)
     tmp = weights.with_name(f"{weights.stem}.{os.getpid()}.tmp")

@@ -13,7 +13,7 @@ from mvit_cli import manifest
 from mvit_cli.errors import IntegrityError, WeightsUnavailableError
 from mvit_cli.manifest import WeightEntry
 from mvit_cli.store.memo import forget, remember, remembered
-from mvit_cli.store.config import cache_root, offline_from_env
+from mvit_cli.store.config import checked_root, offline_from_env
 from mvit_cli.store.downloads import (
     Download,
     FetchFailed,
@@ -59,7 +59,7 @@ def download(variant: str, source: str, cache_dir: Path | None = None, progress:
     """
     warn = warn or _log.warning
     entry = manifest.entry(variant, source)
-    root = cache_root(cache_dir)
+    root = checked_root(cache_dir)
     found = cached_download(entry, root, hash_now=True)
     if found is not None and found.state == "verified":
         return Download(found.path, found.size, expected_sha256(entry, root, found.path) or "", downloaded=False)
@@ -80,7 +80,7 @@ def download(variant: str, source: str, cache_dir: Path | None = None, progress:
 
 def cached_file(variant: str, source: str, cache_dir: Path | None = None) -> Path | None:
     """The file that would serve (variant, source) from the cache, verified; None if there is none. No network."""
-    root = cache_root(cache_dir)
+    root = checked_root(cache_dir)
     entry = manifest.entry(variant, source)
     for found in (cached_download(entry, root, hash_now=True), cached_import(root, variant, source, hash_now=True)):
         if found is not None and found.state == "verified":
@@ -98,7 +98,7 @@ def resolve_weights(variant: str, source: str, cache_dir: Path | None = None, of
     """
     warn = warn or _log.warning
     entry = manifest.entry(variant, source)
-    root = cache_root(cache_dir)
+    root = checked_root(cache_dir)
     known = remembered(variant, source, root)
     if known is not None:
         return known
