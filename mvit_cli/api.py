@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Union
 
@@ -229,6 +229,7 @@ class Classifier:
         *,
         fast_decode: bool = False,
         max_download_bytes: int | None = None,
+        download_timeout: float | None = None,
         forbidden_files: Iterable[tuple[int, int]] = (),
         job: Distributed | None = None,
         total: int | None = None,
@@ -238,7 +239,8 @@ class Classifier:
         top_k: classes per image (1-1000). batch_size: images per model call (default: the device's).
         workers: decoding threads (default: cores - 1, at most 4; 0 decodes between model calls).
         fast_decode: big JPEGs decoded at a reduced scale (faster, pixels within a few grey levels of exact).
-        max_download_bytes: size limit for one URL (default 50 MB).
+        max_download_bytes: size limit for one URL (default 50 MB). download_timeout: seconds a URL's server may
+        stay silent before its fetch fails (default 30; connecting has 10).
         forbidden_files: (st_dev, st_ino) of files never to read as inputs (the caller's outputs).
         job: under torchrun, this process's place: each process classifies its strided shard of the inputs,
         and the main process (rank 0) receives every batch's results, in input order (the others receive
@@ -250,7 +252,7 @@ class Classifier:
             raise ValueError(f"top_k must be between 1 and 1000, not {top_k}")
         model = self._model_for(_size(images, total))
         batch_size, workers = self._batching(batch_size, workers)
-        policy = _policy(max_download_bytes, forbidden_files)
+        policy = _policy(max_download_bytes, download_timeout, forbidden_files)
         inputs = as_inputs(images)
         if job is not None:
             inputs = shard(inputs, job)
@@ -292,7 +294,7 @@ class Classifier:
 
     def iter_embed(self, images: Iterable[ImageLike], batch_size: int | None = None, workers: int | None = None,
                    *, fast_decode: bool = False, max_download_bytes: int | None = None,
-                   forbidden_files: Iterable[tuple[int, int]] = (),
+                   download_timeout: float | None = None, forbidden_files: Iterable[tuple[int, int]] = (),
                    job: Distributed | None = None, total: int | None = None) -> Iterator[list[Embedding]]:
         """The embeddings of each batch, in input order, failures included (`Embedding.error`); options as for
         `iter_classify_batches`. The features run on the torch backend whatever `backend` was chosen."""
@@ -304,7 +306,7 @@ class Classifier:
             inputs = shard(inputs, job)
         batches = iter_batches(inputs, model.preprocessing, batch_size, workers, fast_decode=fast_decode,
                                source_of=lambda item: item.source,
-                               policy=_policy(max_download_bytes, forbidden_files))
+                               policy=_policy(max_download_bytes, download_timeout, forbidden_files))
         try:
             per_batch = (_embeddings_of(batch, features) for batch, features in run_batches(batches, run))
             yield from (per_batch if job is None else gather_in_order(per_batch, job))
@@ -326,7 +328,7 @@ class Classifier:
         """One input -> the model's input tensor [3, S, S] float32: decoded upright (EXIF orientation applied),
         then the weights' reference transform (resize the shorter side, centre crop, scale to [0, 1])."""
         item = next(as_inputs([image]))
-        return preprocess(decode_image(item.source, policy=_policy(None, ())), self.preprocessing)
+        return preprocess(decode_image(item.source, policy=_policy(None, None, ())), self.preprocessing)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] float32 preprocessed images -> [B, 1000] float32 logits, on the fast path classify uses."""
@@ -364,8 +366,13 @@ def _size(images: Iterable[Any], total: int | None) -> int | None:
     return len(images) if hasattr(images, "__len__") else None
 
 
-def _policy(max_download_bytes: int | None, forbidden_files: Iterable[tuple[int, int]]) -> ReadPolicy:
-    limits = FetchLimits() if max_download_bytes is None else FetchLimits(max_bytes=max_download_bytes)
+def _policy(max_download_bytes: int | None, download_timeout: float | None,
+            forbidden_files: Iterable[tuple[int, int]]) -> ReadPolicy:
+    limits = FetchLimits()
+    if max_download_bytes is not None:
+        limits = replace(limits, max_bytes=max_download_bytes)
+    if download_timeout is not None:
+        limits = replace(limits, read_timeout=download_timeout)
     return ReadPolicy(fetch_limits=limits, forbidden=frozenset(forbidden_files))
 
 

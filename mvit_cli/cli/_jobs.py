@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -16,6 +16,11 @@ from mvit_cli import distributed
 from mvit_cli.distributed import Distributed
 from mvit_cli.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, UsageError
 from mvit_cli.pipeline.inputs import STDIN, ImageInput, expand_paths, iter_list
+from mvit_cli.runners import TRACE_MIN_IMAGES
+
+# A list shorter than this is read whole before the run: its size then decides, as for named inputs, that the job is
+# small (runners.TRACE_MIN_IMAGES).
+SHORT_LIST = TRACE_MIN_IMAGES
 from mvit_cli.safe_output import identity
 
 
@@ -26,11 +31,17 @@ class Inputs:
 
     named: list[ImageInput]
     files_from: Path | None
+    listed_head: list[ImageInput] | None = None  # a short list read whole, or a long one's first entries
+    list_is_short: bool = False  # the list holds fewer than `SHORT_LIST` entries, all in `listed_head`
 
     @property
     def count(self) -> int | None:
-        """How many inputs there are, when known (not with a list: it is never read whole)."""
-        return None if self.files_from is not None else len(self.named)
+        """How many inputs there are, when known (a list is counted only when it is short). It decides how the
+        model runs (a small job skips tracing), so it is the same for the same images whether they are named,
+        listed in a file or piped in: the records are too."""
+        if self.files_from is None:
+            return len(self.named)
+        return len(self.named) + len(self.listed_head or []) if self.list_is_short else None
 
     def identities(self) -> set[tuple[int, int]]:
         """(device, inode) of every named input file: what an output must not be."""
@@ -40,11 +51,15 @@ class Inputs:
     @contextlib.contextmanager
     def stream(self) -> Iterator[Iterator[ImageInput]]:
         """Every input in order, the list read line by line as the run goes."""
-        if self.files_from is None:
-            yield iter(self.named)
+        if self.files_from is None or self.list_is_short:
+            yield chain(self.named, self.listed_head or [])
             return
         with _open_list(self.files_from) as lines:
-            yield chain(self.named, iter_list(lines))
+            rest = iter_list(lines)
+            if str(self.files_from) == STDIN:  # its first entries were read already: they come first
+                yield chain(self.named, self.listed_head or [], rest)
+            else:
+                yield chain(self.named, rest)
 
 
 def gather_inputs(paths: list[str], files_from: Path | None, recursive: bool, warn, policy) -> Inputs:
@@ -56,13 +71,17 @@ def gather_inputs(paths: list[str], files_from: Path | None, recursive: bool, wa
         raise UsageError("give at least one PATH, or a list of them with --files-from FILE")
     named = expand_paths(paths, recursive=recursive, warn=warn, allow_empty=files_from is not None,
                          policy=policy)
-    if files_from is not None and str(files_from) != STDIN:
-        try:
-            with open(files_from, "rb"):
-                pass
-        except OSError as exc:
-            raise UsageError(f"--files-from {files_from}: {(exc.strerror or str(exc)).lower()}") from None
-    return Inputs(named, files_from)
+    if files_from is None:
+        return Inputs(named, None)
+    try:
+        with _open_list(files_from) as lines:
+            # Whether the list is short decides how the model runs (see `count`); finding out costs reading
+            # at most SHORT_LIST entries (kept, when they come from stdin and cannot be read again).
+            head = list(islice(iter_list(lines), SHORT_LIST))
+            short = len(head) < SHORT_LIST
+    except OSError as exc:
+        raise UsageError(f"--files-from {files_from}: {(exc.strerror or str(exc)).lower()}") from None
+    return Inputs(named, files_from, head if short or str(files_from) == STDIN else None, short)
 
 
 @contextlib.contextmanager

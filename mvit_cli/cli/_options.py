@@ -100,3 +100,8 @@ MaxDownloadOpt = Annotated[
     float,
     typer.Option("--max-download-mb", min=0.001, help="Size limit for one image fetched from a URL, in MB."),
 ]
+DownloadTimeoutOpt = Annotated[
+    float,
+    typer.Option("--download-timeout", min=0.1, help="Seconds a URL's server may stay silent before that "
+                 "download fails (connecting has 10)."),
+]

@@ -18,6 +18,7 @@ from mvit_cli.cli._options import (
     CacheDirOpt,
     Device,
     DeviceOpt,
+    DownloadTimeoutOpt,
     FilesFromOpt,
     MaxDownloadOpt,
     OfflineOpt,
@@ -26,6 +27,7 @@ from mvit_cli.cli._options import (
     WeightsOpt,
     WorkersOpt,
 )
+from mvit_cli.cli.resume import not_done
 from mvit_cli.distributed import broadcast_from_main
 from mvit_cli.pipeline.batching import num_batches
 from mvit_cli.safe_output import check_output, identity
@@ -96,6 +98,7 @@ def classify_command(
     ] = False,
     files_from: FilesFromOpt = None,
     max_download_mb: MaxDownloadOpt = 50.0,
+    download_timeout: DownloadTimeoutOpt = 30.0,
     no_recursive: Annotated[
         bool, typer.Option("--no-recursive", help="Take only the images directly inside each folder.")
     ] = False,
@@ -152,17 +155,18 @@ def classify_command(
             _check_output(output_file, inputs, weights, resume)
             forbidden = frozenset(key for key in (identity(output_file),) if key is not None)
         done = _already_done(output_file, output_format, top_k) if resume and job.is_main else None
-        skip = broadcast_from_main(done.paths if done else set(), job.distributed)
+        skip = broadcast_from_main(done.paths if done else None, job.distributed)
         classifier = api.load(
             variant.value if variant else None, source.value if source else None, weights, job.device,
             backend.value, cache_dir, offline, warn=output.warn, progress=job.is_main and output.progress_enabled(),
             expected_images=inputs.count,
         )
         with job.signals(), inputs.stream() as stream:
-            todo = (item for item in stream if item.name not in skip) if skip else stream
+            todo = not_done(stream, skip) if skip else stream
             batches = classifier.iter_classify_batches(
                 todo, top_k, batch_size, workers, fast_decode=decode is Decoding.fast,
-                max_download_bytes=int(max_download_mb * 1e6), forbidden_files=forbidden, job=job.distributed,
+                max_download_bytes=int(max_download_mb * 1e6),
+                download_timeout=download_timeout, forbidden_files=forbidden, job=job.distributed,
                 total=inputs.count,  # the whole job's size decides how the model runs: the same records resumed
             )
             written, failed = _write(batches, output_format, output_file, done, inputs, job, classifier, batch_size)

@@ -15,6 +15,7 @@ from mvit_cli.cli._options import (
     CacheDirOpt,
     Device,
     DeviceOpt,
+    DownloadTimeoutOpt,
     FilesFromOpt,
     MaxDownloadOpt,
     OfflineOpt,
@@ -50,6 +51,7 @@ def embed_command(
     backend: BackendOpt = Backend.torch,
     files_from: FilesFromOpt = None,
     max_download_mb: MaxDownloadOpt = 50.0,
+    download_timeout: DownloadTimeoutOpt = 30.0,
     no_recursive: Annotated[
         bool, typer.Option("--no-recursive", help="Take only the images directly inside each folder.")
     ] = False,
@@ -93,6 +95,7 @@ def embed_command(
         )
         with job.signals(), inputs.stream() as stream:
             batches = classifier.iter_embed(stream, batch_size, workers, max_download_bytes=int(max_download_mb * 1e6),
+                download_timeout=download_timeout,
                                             job=job.distributed, total=inputs.count)
             try:
                 for batch in batches:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +26,7 @@ _HEADER = ",".join(CSV_COLUMNS) + "\n"
 class Done:
     """What an output file already holds."""
 
-    paths: set[str] = field(default_factory=set)  # inputs with a complete record
+    paths: Counter[str] = field(default_factory=Counter)  # inputs with a complete record, and how many times
     records: int = 0
     keep_bytes: int = 0  # the file's length without any torn tail
     size: int = 0  # the file's length as found
@@ -61,7 +62,7 @@ def _scan_jsonl(file, path: Path, top_k: int) -> Done:
         except ValueError:
             raise NotAnOutputFile(path, f"line {number} is not JSON") from None
         _check_record(record, path, number, top_k)
-        done.paths.add(record["path"])
+        done.paths[record["path"]] += 1
         done.records += 1
         done.keep_bytes += len(line)
     return done
@@ -125,7 +126,7 @@ def _scan_csv(file, path: Path, top_k: int) -> Done:
         if starts_record and group is not None:
             raise NotAnOutputFile(path, f"{group} has {ranks} ranks, not {top_k} (was it written with --top-k {ranks}?)")
         if error:
-            done.paths.add(image)
+            done.paths[image] += 1
             done.records += 1
             done.keep_bytes = lines.end
             continue
@@ -133,9 +134,20 @@ def _scan_csv(file, path: Path, top_k: int) -> Done:
             raise NotAnOutputFile(path, f"row {rows.line_num} breaks the rank order of the rows before it")
         group, ranks = image, int(rank)
         if ranks == top_k:
-            done.paths.add(image)
+            done.paths[image] += 1
             done.records += 1
             done.keep_bytes = lines.end
             group, ranks = None, 0
     # A last image with fewer than k rank rows was cut off between its rows: dropped (keep_bytes ends before it).
     return done
+
+
+def not_done(stream, done: Counter[str]):
+    """The inputs of `stream` without those `done` holds: by path, as many times as it holds each (a list may
+    name an image twice; its second record is not the first's)."""
+    left = Counter(done)
+    for item in stream:
+        if left[item.name]:
+            left[item.name] -= 1
+            continue
+        yield item
