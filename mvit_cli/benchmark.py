@@ -39,7 +39,9 @@ class BenchResult:
     threads: int  # torch intra-op threads of this process
     setup_s: float  # preparing the runner + its first call (tracing / export / session)
     warmup: int
-    repetitions: int
+    repetitions: int  # calls timed (at least `min_repetitions`, more until `min_seconds` had passed)
+    min_repetitions: int
+    min_seconds: float
     latency_ms: float  # median per batch
     latency_ms_p10: float
     latency_ms_p90: float
@@ -162,8 +164,8 @@ def summarize(samples: list[float], batch_size: int) -> dict[str, float]:
 
 
 def measure(run: Callable[[torch.Tensor], Any], batch: torch.Tensor, warmup: int = 3, repetitions: int = 10,
-            min_seconds: float = 2.0) -> tuple[float, dict[str, float], float | None]:
-    """(first call's seconds, summary of the timed calls, background load) for `run(batch)`."""
+            min_seconds: float = 2.0) -> tuple[float, dict[str, float], float | None, int]:
+    """(first call's seconds, summary of the timed calls, background load, calls timed) for `run(batch)`."""
     t0 = time.perf_counter()
     run(batch)
     first = time.perf_counter() - t0
@@ -172,7 +174,7 @@ def measure(run: Callable[[torch.Tensor], Any], batch: torch.Tensor, warmup: int
     meter = _LoadMeter()
     meter.start()
     samples = time_calls(lambda: run(batch), repetitions, min_seconds)
-    return first, summarize(samples, batch.shape[0]), meter.stop()
+    return first, summarize(samples, batch.shape[0]), meter.stop(), len(samples)
 
 
 def versions() -> dict[str, str]:
@@ -214,7 +216,7 @@ def bench(
     t0 = time.perf_counter()
     runner = runners.prepare(model, target, backend, weights_path=weights_path)
     prepare_s = time.perf_counter() - t0
-    first_s, summary, load = measure(runner, batch, warmup, repetitions, min_seconds)
+    first_s, summary, load, timed = measure(runner, batch, warmup, repetitions, min_seconds)
     return BenchResult(
         variant=variant,
         batch_size=batch_size,
@@ -222,11 +224,13 @@ def bench(
         device=target.type,
         input_size=[size, size],
         weights=weights_label,
-        runner=getattr(runner, "description", ""),
+        runner=runner.describe(batch_size),
         threads=torch.get_num_threads(),
         setup_s=prepare_s + first_s,
         warmup=warmup,
-        repetitions=repetitions,
+        repetitions=timed,
+        min_repetitions=repetitions,
+        min_seconds=min_seconds,
         background_load=load,
         versions=versions(),
         **summary,

@@ -26,6 +26,7 @@ from typing import Callable, Mapping
 import torch
 
 from mvit_cli.errors import CheckpointError
+from mvit_cli.manifest import title
 from mvit_cli.model import VARIANTS, MobileViT, build_model
 
 StateDict = dict[str, torch.Tensor]
@@ -152,7 +153,6 @@ FORMATS: dict[str, KeyFormat] = {f.name: f for f in (MVIT, TIMM, TRANSFORMERS, C
 
 # Wrappers training scripts put around a state dict; unwrapped in this order.
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
-VARIANT_TITLES = {"xxs": "MobileViT-XXS", "xs": "MobileViT-XS", "s": "MobileViT-S"}
 _LIST_LIMIT = 5
 
 
@@ -371,8 +371,8 @@ def _check_fits(canonical: Mapping[str, torch.Tensor], variant: str, inferred: s
     shapes = expected_shapes(variant)
     if inferred != variant:
         raise CheckpointError(
-            f"checkpoint is for {VARIANT_TITLES[inferred]} but --variant {variant} was asked "
-            f"({VARIANT_TITLES[variant]}); pass --variant {inferred} or leave --variant out"
+            f"checkpoint is for {title(inferred)} but --variant {variant} was asked "
+            f"({title(variant)}); pass --variant {inferred} or leave --variant out"
         )
     missing = sorted(k for k in shapes if k not in canonical)
     unexpected = sorted(k for k in canonical if k not in shapes)
@@ -383,14 +383,14 @@ def _check_fits(canonical: Mapping[str, torch.Tensor], variant: str, inferred: s
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected key(s): {_first_few(unexpected)}")
         raise CheckpointError(
-            f"checkpoint does not fit {VARIANT_TITLES[variant]} ({fmt} format, keys in mvit's names): "
+            f"checkpoint does not fit {title(variant)} ({fmt} format, keys in mvit's names): "
             f"{'; '.join(problems)}"
         )
     wrong = sorted(k for k in shapes if canonical[k].shape != shapes[k])
     if wrong:
         details = ", ".join(f"{k} {tuple(canonical[k].shape)} vs {tuple(shapes[k])}" for k in wrong[:3])
         raise CheckpointError(
-            f"checkpoint does not fit {VARIANT_TITLES[variant]}: {len(wrong)} tensor(s) of the wrong shape "
+            f"checkpoint does not fit {title(variant)}: {len(wrong)} tensor(s) of the wrong shape "
             f"({details}{', ...' if len(wrong) > 3 else ''})"
         )
 

@@ -1,8 +1,7 @@
 """Everything `mvit info` reports about a variant, gathered without touching the network.
 
 Architecture and costs come from `costs`, the weight file, its preprocessing and published accuracy from the
-manifest, and whether the file is cached from `store.cached_file` (a stat against its verification marker,
-or one hash of the local file).
+manifest, and what the cache holds for it from `store.cached_entry` (hashed now).
 """
 
 from __future__ import annotations
@@ -13,9 +12,6 @@ from typing import Any
 
 from mvit_cli import costs, manifest, store
 
-TITLES = {"xxs": "MobileViT-XXS", "xs": "MobileViT-XS", "s": "MobileViT-S"}
-
-
 def variant_info(variant: str, source: str = "timm", input_size: int | None = None,
                  cache_dir: Path | None = None) -> dict[str, Any]:
     """One JSON-ready dict: anatomy (stages, parameters, FLOPs), preprocessing, weights, cache, accuracy."""
@@ -23,10 +19,10 @@ def variant_info(variant: str, source: str = "timm", input_size: int | None = No
     preprocessing = manifest.preprocessing(source)
     size = input_size or preprocessing.crop_size
     anatomy = costs.anatomy(variant, (size, size)).to_dict()
-    cached = store.cached_file(variant, source, cache_dir=cache_dir)
+    cached = store.cached_entry(variant, source, cache_dir=cache_dir)
     return {
         "variant": variant,
-        "name": TITLES[variant],
+        "name": manifest.title(variant),
         **anatomy,
         "source": source,
         "preprocessing": asdict(preprocessing),
@@ -42,6 +38,8 @@ def variant_info(variant: str, source: str = "timm", input_size: int | None = No
             "license": entry.license,
             "url": entry.page_url,
         },
-        "cached": None if cached is None else {"path": str(cached), "bytes": Path(cached).stat().st_size},
+        # What the cache holds for it, and whether that is the file described above (an import may not be).
+        "cached": None if cached is None else {"path": str(cached.path), "bytes": cached.size, "kind": cached.kind,
+                                               "published": cached.published},
         "published": manifest.published(variant),
     }

@@ -129,6 +129,11 @@ def _check_names(variant: str, source: str) -> None:
         raise UsageError(f"unknown weight source {source!r}; expected one of {', '.join(SOURCES)}")
 
 
+def title(variant: str) -> str:
+    """How a variant is named for people: "MobileViT-XXS"."""
+    return f"MobileViT-{variant.upper()}"
+
+
 def source_for(checkpoint_format: str, recorded_source: str | None = None) -> str:
     """The weight source whose protocol applies to a checkpoint of this format (mvit files: the one they record)."""
     source = FORMAT_SOURCE.get(checkpoint_format) or recorded_source or DEFAULT_SOURCE

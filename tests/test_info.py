@@ -109,7 +109,29 @@ def test_cached_weights_are_reported_with_path_and_size(tmp_path):
                                 metadata={"format": "mvit", "variant": "xxs", "source": "timm"})
     stored, _ = store.import_checkpoint(path, variant="xxs", source="timm")
     cached = info_json("--variant", "xxs")["cached"]
-    assert cached == {"path": str(stored), "bytes": stored.stat().st_size}
+    # The manifest has no published sha256 for timm XXS: whether it is the published file is not known.
+    assert cached == {"path": str(stored), "bytes": stored.stat().st_size, "kind": "import", "published": None}
+
+
+def test_an_imported_file_that_is_not_the_published_one_is_never_called_so(tmp_path):
+    """Random weights imported as S (whose published sha256 the manifest pins): intact, but not the published file;
+    every view says so instead of "verified" / "cached: yes" under the pinned sha256."""
+    path = tmp_path / "s.safetensors"
+    safetensors.torch.save_file(randomize_(build_model("s")).state_dict(), str(path),
+                                metadata={"format": "mvit", "variant": "s", "source": "timm"})
+    store.import_checkpoint(path, variant="s", source="timm")
+    assert info_json("--variant", "s")["cached"]["published"] is False
+    table = CliRunner().invoke(app, ["info", "--variant", "s"]).stdout
+    assert "NOT the published file" in table and "cached      yes" not in table
+    listing = CliRunner().invoke(app, ["cache", "list"]).stdout
+    assert "imported, NOT the published file" in listing
+    rows = json.loads(CliRunner().invoke(app, ["cache", "list", "--format", "json"]).stdout)["files"]
+    assert [(r["kind"], r["state"], r["published"]) for r in rows] == [("import", "verified", False)]
+    # `download` offline: it needs the published file and says what the cache has instead, without contradicting
+    # itself ("no timm weights in the cache" beside "the cache has timm weights").
+    result = CliRunner().invoke(app, ["download", "--variant", "s"], env={"HF_HUB_OFFLINE": "1"})
+    assert result.exit_code == 1
+    assert "holds an imported timm checkpoint for MobileViT-S" in result.output and "no timm weights" not in result.output
 
 
 def test_table_output_names_the_variant_and_its_costs():

@@ -53,8 +53,8 @@ def bench_command(
     cores other processes kept busy meanwhile (Linux), so a noisy measurement shows itself.
 
     JSON keys: variant, batch_size, backend, device, input_size, weights, runner, threads, setup_s, warmup,
-    repetitions, latency_ms (median per batch), latency_ms_p10/p90, ms_per_image, images_per_second
-    (median), images_per_second_p10/p90, background_load, versions.
+    repetitions (calls timed), min_repetitions, min_seconds, latency_ms (median per batch), latency_ms_p10/p90,
+    ms_per_image, images_per_second (median), images_per_second_p10/p90, background_load, versions.
 
     Examples:
 
@@ -82,18 +82,16 @@ def bench_command(
         min_seconds=min_seconds,
         cache_dir=cache_dir,
     )
-    if output_format is TableOrJson.json:
-        output.write_json(result.to_dict())
-        return
-    _print_table(result)
+    output.Output(output_format.value).emit(result.to_dict(), lambda data: _print_table(result))
 
 
 def _print_table(result) -> None:
     from rich.table import Table
 
+    from mvit_cli import manifest
     from mvit_cli.cli import output
 
-    table = Table(title=f"mvit bench: MobileViT-{result.variant.upper()}", show_header=False, title_justify="left")
+    table = Table(title=f"mvit bench: {manifest.title(result.variant)}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     weights = result.weights
@@ -102,6 +100,7 @@ def _print_table(result) -> None:
     load = "n/a" if result.background_load is None else f"{result.background_load:.2f} cores"
     rows = [
         ("backend", f"{result.backend} on {result.device}: {result.runner}"),
+        *([("torch threads", str(result.threads))] if result.backend == "torch" else []),
         ("weights", weights),
         ("batch", f"{result.batch_size} x 3 x {result.input_size[0]} x {result.input_size[1]}"),
         ("setup", f"{result.setup_s:.2f} s (prepare + first call)"),
@@ -112,7 +111,8 @@ def _print_table(result) -> None:
             f"{result.images_per_second:.1f} images/s (p10-p90 "
             f"{result.images_per_second_p10:.1f}-{result.images_per_second_p90:.1f})",
         ),
-        ("timed calls", f"{result.repetitions}+ after {result.warmup} warm-up; {result.threads} torch threads"),
+        ("timed calls", f"{result.repetitions} (at least {result.min_repetitions} and {result.min_seconds:g} s) after "
+                        f"{result.warmup} warm-up"),
         ("background load", load),
     ]
     for key, value in rows:

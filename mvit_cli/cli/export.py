@@ -46,6 +46,9 @@ def export_command(
         int, typer.Option("--input-size", min=32, max=2048, help="Square input side the export is made for.")
     ] = 256,
     no_check: Annotated[bool, typer.Option("--no-check", help="Skip reloading the file to compare its logits.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON (--format names the file's format here).")
+    ] = False,
     cache_dir: CacheDirOpt = None,
     offline: OfflineOpt = False,
 ) -> None:
@@ -70,7 +73,9 @@ def export_command(
 
       mvit export --weights my_finetune.safetensors --input-size 320 -o my_320.onnx
     """
-    from mvit_cli import export, loading
+    from dataclasses import asdict
+
+    from mvit_cli import export, loading, manifest
     from mvit_cli.cli import output
     from mvit_cli.safe_output import check_output, identity
 
@@ -89,9 +94,16 @@ def export_command(
     path = output_file or Path(f"mobilevit_{model.variant}{SUFFIX[fmt]}")
     check_output(path, "--output", {identity(model.weights_path)}, "the weights file")
     result = export.export(model.module, fmt, path, input_size, input_size, verify=not no_check)
-    typer.echo(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB): MobileViT-{model.variant.upper()} as {fmt}, "
-               f"input [B, 3, {input_size}, {input_size}] float32 RGB in [0, 1]")
-    if result.max_abs_diff is not None:
-        typer.echo(f"checked with {result.checked_with}: max |logit difference| vs PyTorch {result.max_abs_diff:.2e}")
-    elif not no_check:
+    if result.max_abs_diff is None and not no_check:
         output.warn("not checked: onnxruntime is not installed (pip install 'mvit-cli[onnx]')")
+
+    def render(data: dict) -> None:
+        out.line(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB): {manifest.title(model.variant)} as {fmt}, "
+                 f"input [B, 3, {input_size}, {input_size}] float32 RGB in [0, 1]")
+        if result.max_abs_diff is not None:
+            out.line(f"checked with {result.checked_with}: max |logit difference| vs PyTorch "
+                     f"{result.max_abs_diff:.2e}")
+
+    out = output.Output("json" if as_json else "table")
+    out.emit({**asdict(result), "path": str(result.path), "input_size": list(result.input_size),
+              "weights": str(model.weights_path), "source": model.source}, render)

@@ -55,14 +55,23 @@ def info_command(
     from mvit_cli.describe import variant_info
 
     info = variant_info(variant.value, (source or Source.timm).value, input_size, cache_dir)
-    if output_format is TableOrJson.json:
-        output.write_json(info)
-        return
-    _print_tables(info)
+    output.Output(output_format.value).emit(info, _print_tables)
 
 
 def _dash(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _cached_text(cached: dict[str, Any] | None) -> str:
+    """What the cache holds, said as what it is: an imported file is not the published one unless it hashed to it."""
+    if cached is None:
+        return "no (downloaded on first use)"
+    where = f"{cached['path']} ({cached['bytes'] / 1e6:.1f} MB)"
+    if cached["kind"] == "download":
+        return f"yes, the published file: {where}"
+    what = {True: "imported, the published file", False: "imported, NOT the published file above",
+            None: "imported, unknown whether it is the published file"}[cached["published"]]
+    return f"{what}: {where}"
 
 
 def _print_tables(info: dict[str, Any]) -> None:
@@ -93,7 +102,8 @@ def _print_tables(info: dict[str, Any]) -> None:
 
     p = info["preprocessing"]
     w = info["weights"]
-    details = Table(show_header=False, title="Weights and input", title_justify="left")
+    details = Table(show_header=False, title="Weights and input", title_justify="left", box=box.SIMPLE_HEAD,
+                    pad_edge=False)
     details.add_column(style="bold")
     details.add_column(overflow="fold")
     details.add_row("source", info["source"])
@@ -106,11 +116,11 @@ def _print_tables(info: dict[str, Any]) -> None:
     details.add_row("file", f"{w['file']} ({w['size']}, {w['format']} format, {w['license']})")
     details.add_row("sha256", f"{w['sha256'] or 'checked against the hub LFS sha256 on download'}")
     cached = info["cached"]
-    details.add_row("cached", "no (downloaded on first use)" if cached is None
-                    else f"yes: {cached['path']} ({cached['bytes'] / 1e6:.1f} MB)")
+    details.add_row("cached", _cached_text(cached))
     console.print(details)
 
-    accuracy = Table(title="Published ImageNet-1k accuracy", title_justify="left")
+    accuracy = Table(title="Published ImageNet-1k accuracy", title_justify="left", box=box.SIMPLE_HEAD,
+                     pad_edge=False)
     for column in ("by", "top-1 %", "top-5 %", "reference"):
         accuracy.add_column(column)
     for origin, values in info["published"].items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from rich.console import Console
 
@@ -60,3 +60,40 @@ def write_json(obj: Any, file: TextIO | None = None) -> None:
 def progress_enabled() -> bool:
     """Progress bars only when a person is watching stderr."""
     return sys.stderr.isatty()
+
+
+class Output:
+    """What one command prints on stdout: for people (lines and rich tables) or for programs (one JSON document).
+
+    Every command builds its result as JSON-ready data, then hands it to `emit` with a function that renders it
+    for people: the choice between the two is made here, once, for every command.
+    """
+
+    def __init__(self, fmt: str = "table"):
+        self.json = fmt == "json"
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            self._console = stdout_console()
+        return self._console
+
+    def emit(self, data: Any, render: Callable[[Any], None]) -> None:
+        """`data` as JSON, or `render(data)` for people."""
+        if self.json:
+            write_json(data)
+        else:
+            render(data)
+
+    def line(self, text: str) -> None:
+        """One line for people: printed as it is (no markup, no highlighting), control characters escaped."""
+        self.console.print(printable(text), markup=False, highlight=False, soft_wrap=True)
+
+    def print(self, renderable: Any) -> None:
+        """A rich table (or any renderable) for people."""
+        self.console.print(renderable)
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"

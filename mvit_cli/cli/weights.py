@@ -18,6 +18,7 @@ from mvit_cli.cli._options import (
 from mvit_cli.errors import EXIT_OK, EXIT_PARTIAL, MvitError
 
 
+
 class VariantOrAll(str, Enum):
     xxs = "xxs"
     xs = "xs"
@@ -49,10 +50,6 @@ def _choices(value: str, names: tuple[str, ...]) -> list[str]:
     return list(names) if value == "all" else [value]
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"
-
-
 def download_command(
     variant: Annotated[
         VariantOrAll, typer.Option("--variant", "-m", help="Model variant to fetch: xxs, xs, s, or all.")
@@ -60,14 +57,15 @@ def download_command(
     source: Annotated[
         SourceOrAll, typer.Option("--source", help="Weight source: timm (the default weights), apple, or all.")
     ] = SourceOrAll.timm,
+    output_format: TableOrJsonOpt = TableOrJson.table,
     cache_dir: CacheDirOpt = None,
 ) -> int:
     """Download weights into the cache and verify their sha256, so later runs need no network.
 
     Files come from the Hugging Face hub (or the mirror in HF_ENDPOINT), pinned to the commits listed in mvit's
     weight manifest, into huggingface_hub's standard cache (HF_HUB_CACHE, HF_HOME; --cache-dir / MVIT_CACHE
-    override). A file already cached and verified is not fetched again. A file that does not match its sha256
-    is deleted and reported. For a machine without network: run this where there is one, then copy the cache
+    override). A file already cached and verified is not fetched again, nor one imported by hand that is the
+    published file. A file that does not match its sha256 is deleted and reported. For a machine without network: run this where there is one, then copy the cache
     folder (`mvit cache list` shows it) to the cache folder of that machine (or point --cache-dir / MVIT_CACHE
     at the copy).
 
@@ -80,25 +78,32 @@ def download_command(
         mvit download -m xxs --cache-dir ./weights-cache
     """
     from mvit_cli import manifest, store
-    from mvit_cli.cli.output import progress_enabled, stdout_console, warn
+    from mvit_cli.cli.output import Output, megabytes, progress_enabled, warn
 
-    console = stdout_console()
-    failures = 0
+    out = Output(output_format.value)
     jobs = [(v, s) for s in _choices(source.value, manifest.SOURCES) for v in _choices(variant.value, manifest.VARIANTS)]
+    files: list[dict] = []
     for v, s in jobs:
         try:
             result = store.download(v, s, cache_dir=cache_dir, progress=progress_enabled(), warn=warn)
         except MvitError as exc:
             if len(jobs) == 1:
                 raise
-            failures += 1
             warn(f"{s} {v}: {exc}")
+            files.append({"variant": v, "source": s, "state": "failed", "error": str(exc)})
             continue
-        state = "downloaded" if result.downloaded else "already cached"
-        console.print(f"{s} {v}: {state}, verified (sha256 {result.sha256[:12]}...), {_mb(result.size)}: {result.path}",
-                      highlight=False, soft_wrap=True)
+        state = "downloaded" if result.downloaded else ("imported" if result.kind == "import" else "cached")
+        files.append({"variant": v, "source": s, "state": state, "path": str(result.path), "size_bytes": result.size,
+                      "sha256": result.sha256})
+        if not out.json:  # as it happens: a long download is followed line by line
+            where = "already cached (imported by hand)" if state == "imported" else (
+                "downloaded" if result.downloaded else "already cached")
+            out.line(f"{s} {v}: {where}, verified (sha256 {result.sha256[:12]}...), {megabytes(result.size)}: "
+                     f"{result.path}")
+    failures = sum(f["state"] == "failed" for f in files)
     if failures == len(jobs):
         raise MvitError(f"none of the {len(jobs)} weight files could be fetched (reasons above)")
+    out.emit({"cache_dir": str(store.cache_root(cache_dir)), "files": files}, render=lambda data: None)
     return EXIT_PARTIAL if failures else EXIT_OK
 
 
@@ -117,6 +122,7 @@ def import_command(
         typer.Option("--source", help="Weight source whose preprocessing applies \\[default: that of the file's "
                                       "format: timm for timm files, apple for transformers and ml-cvnets files]."),
     ] = None,
+    output_format: TableOrJsonOpt = TableOrJson.table,
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Bring a checkpoint file into the cache by hand, e.g. on a machine without network.
@@ -134,17 +140,23 @@ def import_command(
 
         mvit import mobilevit_xs.pt --variant xs --source apple
     """
-    from mvit_cli import store
-    from mvit_cli.cli.output import stdout_console
+    from dataclasses import asdict
+
+    from mvit_cli import manifest, store
+    from mvit_cli.cli.output import Output
 
     path, record = store.import_checkpoint(file, variant=variant.value if variant else None,
-                                         source=source.value if source else None, cache_dir=cache_dir)
-    published = {True: "yes, it is the file mvit's manifest pins", False: "no (loaded fine, but not the file "
-                 "mvit's manifest pins)", None: "unknown (no sha256 known for it)"}[record.matches_manifest]
-    console = stdout_console()
-    console.print(f"imported {record.original_name} ({record.original_format} format) as MobileViT-"
-                  f"{record.variant.upper()}, source {record.source}: {path}", highlight=False, soft_wrap=True)
-    console.print(f"published file: {published}", highlight=False, soft_wrap=True)
+                                           source=source.value if source else None, cache_dir=cache_dir)
+
+    def render(data: dict) -> None:
+        published = {True: "yes, it is the file mvit's manifest pins", False: "no (loaded fine, but not the file "
+                     "mvit's manifest pins)", None: "unknown (no sha256 known for it)"}[record.matches_manifest]
+        out.line(f"imported {record.original_name} ({record.original_format} format) as "
+                 f"{manifest.title(record.variant)}, source {record.source}: {path}")
+        out.line(f"published file: {published}")
+
+    out = Output(output_format.value)
+    out.emit({"path": str(path), **asdict(record)}, render)
 
 
 def cache_list_command(
@@ -154,11 +166,13 @@ def cache_list_command(
     ] = False,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """List the weight files in the cache: variant, source, downloaded or imported, size, verified or not.
+    """List the weight files in the cache: variant, source, downloaded or imported, size, state, what it is.
 
-    Every file is hashed now (sha256; ~15 ms for the largest): "verified" means it holds the expected bytes,
+    Every file is hashed now (sha256; ~15 ms for the largest): "verified" means it holds the bytes it must,
     "corrupt" that it does not (it is deleted, and downloaded again, the next time it is needed). A plain copy
-    of a download whose expected hash is not known offline is "unverified" and never loaded.
+    of a download whose expected hash is not known offline is "unverified" and never loaded. "what it is" says
+    whether the file is the published one: a download always is; an imported file is only if the original
+    file's sha256 was the published file's.
 
     Examples:
 
@@ -169,44 +183,44 @@ def cache_list_command(
         MVIT_CACHE=/mnt/weights mvit cache list
     """
     from mvit_cli import store
-    from mvit_cli.cli.output import stdout_console, write_json
+    from mvit_cli.cli.output import Output, megabytes
 
-    root = store.cache_root(cache_dir)
     rows = store.list_cache(cache_dir=cache_dir)
     exports_dir, exports_bytes = store.exports_size(cache_dir)
-    if output_format is TableOrJson.json:
-        write_json({
-            "cache_dir": str(root),
-            "files": [
-                {"variant": r.variant, "source": r.source, "kind": r.kind, "state": r.state, "size_bytes": r.size,
-                 "path": str(r.path), "detail": r.detail}
-                for r in rows
-            ],
-            "exports": {"path": str(exports_dir), "size_bytes": exports_bytes},
-        })
-        return
-    from rich.table import Table
+    data = {
+        "cache_dir": str(store.cache_root(cache_dir)),
+        "files": [{"variant": r.variant, "source": r.source, "kind": r.kind, "state": r.state,
+                   "published": r.published, "size_bytes": r.size, "path": str(r.path), "detail": r.detail}
+                  for r in rows],
+        "exports": {"path": str(exports_dir), "size_bytes": exports_bytes},
+    }
 
-    console = stdout_console()
-    console.print(f"cache folder: {root}", highlight=False, soft_wrap=True)
-    if exports_bytes:
-        console.print(f"ONNX exports: {_mb(exports_bytes)} in {exports_dir}", highlight=False, soft_wrap=True)
-    if not rows:
-        console.print("no mvit weights cached; get them with `mvit download` or `mvit import FILE`", highlight=False)
-        return
-    table = Table("variant", "source", "kind", "size", "state", "file")
-    for r in rows:
-        table.add_row(r.variant, r.source, r.kind, _mb(r.size), r.state, r.detail)
-    console.print(table)
+    def render(data: dict) -> None:
+        from rich.table import Table
+
+        out.line(f"cache folder: {data['cache_dir']}")
+        if exports_bytes:
+            out.line(f"ONNX exports: {megabytes(exports_bytes)} in {exports_dir}")
+        if not rows:
+            out.line("no mvit weights cached; get them with `mvit download` or `mvit import FILE`")
+            return
+        table = Table("variant", "source", "kind", "size", "state", "what it is", "file")
+        for r in rows:
+            table.add_row(r.variant, r.source, r.kind, megabytes(r.size), r.state, r.provenance, r.detail)
+        out.print(table)
+
+    out = Output(output_format.value)
+    out.emit(data, render)
 
 
 def cache_clear_command(
     variant: Annotated[
-        Optional[Variant], typer.Option("--variant", "-m", help="Only this variant \\[default: all].")
-    ] = None,
+        VariantOrAll, typer.Option("--variant", "-m", help="Only this variant, or all.")
+    ] = VariantOrAll.all,
     source: Annotated[
-        Optional[Source], typer.Option("--source", help="Only this weight source \\[default: all].")
-    ] = None,
+        SourceOrAll, typer.Option("--source", help="Only this weight source, or all.")
+    ] = SourceOrAll.all,
+    output_format: TableOrJsonOpt = TableOrJson.table,
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Delete mvit's weight files from the cache: downloads and imports, and the ONNX exports made from them.
@@ -221,13 +235,18 @@ def cache_clear_command(
         mvit cache clear --variant s --source apple
     """
     from mvit_cli import store
-    from mvit_cli.cli.output import stdout_console
+    from mvit_cli.cli.output import Output, megabytes
 
-    removed = store.clear_cache(variant=variant.value if variant else None, source=source.value if source else None,
-                              cache_dir=cache_dir)
-    console = stdout_console()
-    for r in removed:
-        console.print(f"removed {r.source} {r.variant} ({r.kind}, {_mb(r.size)}): {r.path}", highlight=False,
-                      soft_wrap=True)
-    if not removed:
-        console.print(f"nothing to remove in {store.cache_root(cache_dir)}", highlight=False, soft_wrap=True)
+    removed = store.clear_cache(variant=None if variant is VariantOrAll.all else variant.value,
+                                source=None if source is SourceOrAll.all else source.value, cache_dir=cache_dir)
+    root = str(store.cache_root(cache_dir))
+
+    def render(data: dict) -> None:
+        for r in removed:
+            out.line(f"removed {r.source} {r.variant} ({r.kind}, {megabytes(r.size)}): {r.path}")
+        if not removed:
+            out.line(f"nothing to remove in {root}")
+
+    out = Output(output_format.value)
+    out.emit({"cache_dir": root, "removed": [{"variant": r.variant, "source": r.source, "kind": r.kind,
+                                              "size_bytes": r.size, "path": str(r.path)} for r in removed]}, render)

@@ -45,6 +45,10 @@ class Runner:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def describe(self, batch_size: int) -> str:
+        """How a batch of `batch_size` images runs, in words (for `mvit bench`)."""
+        return self.description
+
     def submit(self, batch: torch.Tensor) -> Pending:
         """Start on `batch` and return at once where this runner computes in the background (the per-core CPU
         runners); the others compute it before returning."""

@@ -63,6 +63,11 @@ class OnnxRuntimeRunner(Runner):
             f"{self.threads} core(s), {self.micro_batch} image(s) per core at a time"
         )
 
+    def describe(self, batch_size: int) -> str:
+        if batch_size <= self.micro_batch or self._pool is None:
+            return self.description.rsplit(", ", 2)[0] + f", one session on all {self.threads} core(s)"
+        return self.description
+
     def _session(self, height: int, width: int, threads: int) -> Any:
         key = (height, width, threads)
         with self._lock:

@@ -91,6 +91,13 @@ class TorchCpuRunner(Runner):
             f"{self.threads} core(s), {micro_batch} image(s) per core at a time"
         )
 
+    def describe(self, batch_size: int) -> str:
+        base = self.description.rsplit(", ", 2)[0]
+        if batch_size <= self.micro_batch and self.trace:
+            padded = f", padded to {self.micro_batch}" if batch_size < self.micro_batch else ""
+            return f"{base}, one call on all {self.threads} core(s){padded}"
+        return self.description
+
     def _graph_for(self, x: torch.Tensor) -> Callable:
         """The traced graph for x's shape (traced on first sight), or the folded module if tracing fails."""
         if not self.trace:

@@ -18,7 +18,7 @@ from mvit_cli.store.downloads import Download
 from mvit_cli.store.exports import cache_exports_folder, export_folder, exports_root, exports_size
 from mvit_cli.store.imports import ImportRecord, import_checkpoint
 from mvit_cli.store.memo import forget
-from mvit_cli.store.resolve import cached_file, download, resolve_weights
+from mvit_cli.store.resolve import cached_entry, cached_file, download, resolve_weights
 from mvit_cli.store.verify import CachedFile, sha256_file
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "ImportRecord",
     "cache_exports_folder",
     "cache_root",
+    "cached_entry",
     "cached_file",
     "clear_cache",
     "describe_root",

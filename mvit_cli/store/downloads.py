@@ -193,8 +193,9 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
 class Download:
     path: Path
     size: int
-    sha256: str
+    sha256: str  # of the published file
     downloaded: bool  # False: it was already in the cache, verified
+    kind: str = "download"  # "import": the published file was brought in by hand (`mvit import`)
 
 
 def remove_corrupt(entry: WeightEntry, root: Path, path: Path, warn: Warn) -> None:

@@ -96,7 +96,7 @@ def remove_exports(root: Path, variant: str, source: str, origin: str) -> Cached
         return None
     size = _folder_size(folder)
     shutil.rmtree(folder, ignore_errors=True)
-    return CachedFile(variant, source, "exports", folder, size, "-", "ONNX exports of the onnxruntime backend")
+    return CachedFile(variant, source, "exports", folder, size, "-", "ONNX exports of the onnxruntime backend", None)
 
 
 def user_exports_folder() -> Path:

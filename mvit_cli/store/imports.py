@@ -60,7 +60,8 @@ def cached_import(root: Path, variant: str, source: str, hash_now: bool) -> Cach
     else:
         state = "unverified"
     detail = f"imported from {record.original_name} ({record.original_format} format)"
-    return CachedFile(variant, source, "import", weights, weights.stat().st_size, state, detail)
+    return CachedFile(variant, source, "import", weights, weights.stat().st_size, state, detail,
+                      record.matches_manifest)
 
 
 def import_checkpoint(file: Path, variant: str | None = None, source: str | None = None,

@@ -24,7 +24,8 @@ from mvit_cli.store.downloads import (
     remove_corrupt,
     unverifiable,
 )
-from mvit_cli.store.imports import cached_import
+from mvit_cli.store.imports import cached_import, read_import
+from mvit_cli.store.verify import CachedFile
 
 Warn = Callable[[str], None]
 _log = logging.getLogger("mvit")
@@ -37,11 +38,18 @@ def _other_cached_sources(entry: WeightEntry, root: Path) -> list[str]:
             if source != entry.source and cached_file(entry.variant, source, root) is not None]
 
 
-def _unavailable(entry: WeightEntry, root: Path, reason: str) -> WeightsUnavailableError:
-    message = f"no {entry.source} weights for MobileViT-{entry.variant.upper()} in the cache {root}, and {reason}. "
+def _unavailable(entry: WeightEntry, root: Path, reason: str,
+                 imported: CachedFile | None = None) -> WeightsUnavailableError:
+    title = manifest.title(entry.variant)
+    if imported is not None and imported.state == "verified":
+        # `mvit download` wants the published file; an import that is not it does not count, but exists.
+        message = (f"the cache {root} holds an imported {entry.source} checkpoint for {title} ({imported.provenance}) "
+                   f"but not the published file, and {reason}. ")
+    else:
+        message = f"no {entry.source} weights for {title} in the cache {root}, and {reason}. "
     others = _other_cached_sources(entry, root)
     if others:
-        message += (f"The cache has {' and '.join(others)} weights for MobileViT-{entry.variant.upper()}: add "
+        message += (f"The cache has {' and '.join(others)} weights for {title}: add "
                     f"`--source {others[0]}` to use them. To get the {entry.source} weights instead: ")
     else:
         message += "To get them: "
@@ -63,29 +71,46 @@ def download(variant: str, source: str, cache_dir: Path | None = None, progress:
     found = cached_download(entry, root, hash_now=True)
     if found is not None and found.state == "verified":
         return Download(found.path, found.size, expected_sha256(entry, root, found.path) or "", downloaded=False)
+    imported = cached_import(root, variant, source, hash_now=True)
+    if imported is not None and imported.state == "verified" and imported.published:
+        # The published file, brought in by hand: nothing to download.
+        return Download(imported.path, imported.size, _original_sha256(root, variant, source), downloaded=False,
+                        kind="import")
     if found is not None and found.state == "corrupt":
         remove_corrupt(entry, root, found.path, warn)
         found = None
     if offline_from_env():
         if found is not None:  # unverified: kept, but only the hub can tell whether it is the right file
             raise unverifiable(entry, found.path)
-        raise _unavailable(entry, root, "offline mode is on (HF_HUB_OFFLINE=1)")
+        raise _unavailable(entry, root, "offline mode is on (HF_HUB_OFFLINE=1)", imported)
     try:
         path, sha256, downloaded = fetch(entry, root, progress, warn)
     except FetchFailed as exc:
-        raise _unavailable(entry, root, exc.reason) from None
+        raise _unavailable(entry, root, exc.reason, imported) from None
     forget(root, variant, source)
     return Download(path, Path(os.path.realpath(path)).stat().st_size, sha256, downloaded=downloaded)
 
 
-def cached_file(variant: str, source: str, cache_dir: Path | None = None) -> Path | None:
-    """The file that would serve (variant, source) from the cache, verified; None if there is none. No network."""
+def cached_entry(variant: str, source: str, cache_dir: Path | None = None) -> CachedFile | None:
+    """The file that would serve (variant, source) from the cache, verified, with what it is (a download, an
+    import and whether that is the published file); None if there is none. No network."""
     root = checked_root(cache_dir)
     entry = manifest.entry(variant, source)
     for found in (cached_download(entry, root, hash_now=True), cached_import(root, variant, source, hash_now=True)):
         if found is not None and found.state == "verified":
-            return found.path
+            return found
     return None
+
+
+def cached_file(variant: str, source: str, cache_dir: Path | None = None) -> Path | None:
+    """The path of `cached_entry`, or None."""
+    found = cached_entry(variant, source, cache_dir)
+    return None if found is None else found.path
+
+
+def _original_sha256(root: Path, variant: str, source: str) -> str:
+    found = read_import(root, variant, source)
+    return found[1].original_sha256 if found else ""
 
 
 def resolve_weights(variant: str, source: str, cache_dir: Path | None = None, offline: bool = False,
@@ -117,7 +142,7 @@ def resolve_weights(variant: str, source: str, cache_dir: Path | None = None, of
     # Nothing verified. A damaged import or a copy whose hash is unknown offline is refused, never loaded.
     if import_found is not None and import_found.state == "corrupt":
         raise IntegrityError(
-            f"the imported {source} weights for MobileViT-{variant.upper()} ({import_found.path}) no longer match "
+            f"the imported {source} weights for {manifest.title(variant)} ({import_found.path}) no longer match "
             f"their sha256; import them again with `mvit import FILE --variant {variant} --source {source}`"
         )
     if offline or offline_from_env():

@@ -86,5 +86,16 @@ class CachedFile:
     kind: str  # "download" or "import" ("exports" in what clear_cache removed: a folder of ONNX exports)
     path: Path  # what to load (for downloads: the snapshot path, usually a link to the blob)
     size: int
-    state: str  # "verified", "unverified" (not hashed yet) or "corrupt"; "-" for exports
+    state: str  # "verified" (holds the bytes it must), "unverified" (not hashed) or "corrupt"; "-" for exports
     detail: str  # repo and file for downloads, provenance for imports
+    # Whether it is the published file the manifest pins: always for a verified download; for an import, whether
+    # the imported original hashed to the published sha256 (None: no published sha256 to compare with).
+    published: bool | None = True
+
+    @property
+    def provenance(self) -> str:
+        """In words, for tables: what this file is, as far as mvit can tell."""
+        if self.kind != "import":
+            return "published file" if self.kind == "download" else "-"
+        return {True: "imported, the published file", False: "imported, NOT the published file",
+                None: "imported, unknown (no published sha256 to compare)"}[self.published]
