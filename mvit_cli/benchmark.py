@@ -5,10 +5,9 @@ that plus preparing is the setup time), run `warmup` more calls, then time calls
 calls and `min_seconds` have passed. Reported: median latency per batch with its 10th-90th percentile
 spread, and images/s from each call's latency (median and the same percentiles).
 
-Without a weights file (given or cached) the model gets random weights. They are drawn so activations look
-like a trained network's (unit-scale convolutions, BatchNorm statistics measured on smooth images): the
-default initialisation leaves BatchNorm at mean 0 / var 1 and produces denormal floats deep in the network,
-which make some CPUs several times slower and would misreport the speed of real weights.
+Without a weights file (given or cached) the model gets random weights drawn to behave like trained ones
+(`random_weights.py`): default initialisation produces denormal floats deep in the network, which make some
+CPUs several times slower and would misreport the speed of real weights.
 """
 
 from __future__ import annotations
@@ -22,9 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
-from mvit_cli.model import MobileViT, build_model
+from mvit_cli.model import MobileViT
+from mvit_cli.random_weights import random_model, structured_images
 
 
 @dataclass
@@ -59,41 +58,10 @@ class BenchResult:
 # ----------------------------------------------------------------------------------------------- weights
 
 
-@torch.no_grad()
-def random_model(variant: str, seed: int = 0) -> MobileViT:
-    """A model with random weights whose activations stay in a trained network's range (module docstring)."""
-    gen = torch.Generator().manual_seed(seed)
-    model = build_model(variant)
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            fan_in = module.weight[0].numel()
-            module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * math.sqrt(1.0 / fan_in))
-            if module.bias is not None:
-                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
-        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
-            module.weight.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
-            module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
-    # BatchNorm statistics measured on smooth random images (one cumulative pass in training mode).
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    coarse = torch.rand(8, 3, 8, 8, generator=gen)
-    images = nn.functional.interpolate(coarse, size=(128, 128), mode="bilinear", align_corners=False)
-    model.train()
-    model(images)
-    model.eval()
-    for norm in norms:
-        norm.momentum = 0.1
-    return model
-
-
 def example_batch(batch_size: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
     """[B, 3, H, W] in [0, 1]: smooth colour fields plus a little noise, closer to photos than white noise."""
-    gen = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(batch_size, 3, 8, 8, generator=gen)
-    images = nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
-    return (images + 0.05 * torch.rand(batch_size, 3, height, width, generator=gen)).clamp_(0, 1)
+    assert height == width, "square inputs only"
+    return structured_images(batch_size, height, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -239,14 +207,15 @@ def bench(
 
 def _model_for(variant: str | None, weights: Path | None, source: str | None,
                cache_dir: Path | None) -> tuple[MobileViT, str, Path | None, str]:
-    """(model, label for the report, weights file or None, variant)."""
-    from mvit_cli import checkpoints, store
+    """(model, label for the report, weights file or None, variant): loaded as every command loads it, from the
+    cache only (bench never downloads), else random weights."""
+    from mvit_cli import loading, manifest
+    from mvit_cli.errors import WeightsUnavailableError
 
-    if weights is not None:
-        checkpoint = checkpoints.load_checkpoint(Path(weights), variant=variant)
-        return checkpoint.model, str(weights), Path(weights), checkpoint.variant
-    variant = variant or "s"
-    cached = store.cached_file(variant, source or "timm", cache_dir=cache_dir)
-    if cached is not None:
-        return checkpoints.load_checkpoint(cached, variant=variant).model, str(cached), cached, variant
-    return random_model(variant), "random", None, variant
+    try:
+        checkpoint, path, _ = loading.find_checkpoint(variant, source, weights, cache_dir, offline=True,
+                                                      progress=False, warn=lambda message: None)
+    except WeightsUnavailableError:
+        variant = variant or manifest.DEFAULT_VARIANT
+        return random_model(variant), "random", None, variant
+    return checkpoint.model, str(path), path, checkpoint.variant

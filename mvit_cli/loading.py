@@ -44,6 +44,24 @@ def _memo_key(variant, source, weights, device, backend, cache_dir, offline, tra
     return (variant, source, device, backend, trace, *origin)
 
 
+def find_checkpoint(variant: str | None = None, source: str | None = None, weights: Path | None = None,
+                    cache_dir: Path | None = None, offline: bool = False, progress: bool = True,
+                    warn: Callable[[str], None] | None = None) -> tuple[checkpoints.Checkpoint, Path, str]:
+    """(checkpoint, its file, the weight source whose protocol applies): `weights` (its variant read from the file
+    when not given; the protocol of its format unless `source` says otherwise), or the manifest's file for
+    (variant, source) from the cache, downloaded if needed and allowed. What every model-running command loads."""
+    if weights is not None:
+        checkpoint = checkpoints.load_checkpoint(weights, variant=variant)
+        path = Path(weights)
+    else:
+        variant = variant or manifest.DEFAULT_VARIANT
+        path = store.resolve_weights(variant, source or manifest.DEFAULT_SOURCE, cache_dir=cache_dir,
+                                     offline=offline, progress=progress, warn=warn)
+        checkpoint = checkpoints.load_checkpoint(path, variant=variant)
+        source = source or manifest.DEFAULT_SOURCE
+    return checkpoint, path, source or manifest.source_for(checkpoint.format, checkpoint.source)
+
+
 def load_model(
     variant: str | None = None,
     source: str | None = None,
@@ -68,18 +86,7 @@ def load_model(
                     runners.worth_tracing(expected_images))
     if key in _loaded:
         return _loaded[key]
-
-    if weights is not None:
-        checkpoint = checkpoints.load_checkpoint(weights, variant=variant)
-        path = Path(weights)
-    else:
-        variant = variant or manifest.DEFAULT_VARIANT
-        path = store.resolve_weights(variant, source or manifest.DEFAULT_SOURCE, cache_dir=cache_dir,
-                                     offline=offline, progress=progress, warn=warn)
-        checkpoint = checkpoints.load_checkpoint(path, variant=variant)
-        source = source or manifest.DEFAULT_SOURCE
-
-    source = source or manifest.source_for(checkpoint.format, checkpoint.source)
+    checkpoint, path, source = find_checkpoint(variant, source, weights, cache_dir, offline, progress, warn)
 
     target = runners.resolve_device(device)
     loaded = LoadedModel(
