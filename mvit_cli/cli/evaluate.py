@@ -76,7 +76,8 @@ def eval_command(
     The layout of DIR is detected and named in the output: one folder per class named by WordNet id; a flat
     folder with the devkit's ILSVRC2012_validation_ground_truth.txt; or a flat folder with Kaggle's
     LOC_val_solution.csv. Images are preprocessed with the weight source's own evaluation protocol.
-    Images that cannot be decoded are listed on stderr and left out of the accuracy (exit code 3).
+    Images that cannot be decoded are listed on stderr and left out of the accuracy (exit code 3); when every
+    image fails there is no accuracy (JSON top1/top5 null, exit code 3).
     Ctrl-C stops early and prints the result over the images done so far, marked partial (exit code 130).
 
     Examples:
@@ -90,7 +91,7 @@ def eval_command(
       torchrun --nproc-per-node 4 -m mvit_cli eval /data/imagenet/val
     """
     from mvit_cli import distributed, loading, runners
-    from mvit_cli.cli import output
+    from mvit_cli.cli import output, output_guard
     from mvit_cli.evaluation import loop as evaluation
     from mvit_cli.evaluation import sets as evalsets
 
@@ -98,7 +99,13 @@ def eval_command(
     is_main = job is None or job.is_main
     try:
         # The folder is read before the model is loaded: a layout mistake is reported in a second, not a minute.
-        eval_set = evalsets.load_eval_set(directory, labels, limit)
+        whole_set = evalsets.load_eval_set(directory, labels)
+        # Before anything is loaded or opened: an output aimed at an image (of the whole folder, not only of a
+        # --limit subset), a label file or the weights, also through a hard link or a symlink, would destroy it,
+        # and two outputs in one file would corrupt both.
+        inputs = [item.path for item in whole_set.items] + [p for p in (whole_set.labels_file, weights) if p]
+        output_guard.refuse_unsafe_outputs({"--predictions": predictions, "--per-class": per_class}, inputs)
+        eval_set = evalsets.with_limit(whole_set, limit)
         model = loading.load_model(
             variant.value if variant else None, source.value if source else None, weights, device_name,
             backend=backend.value, cache_dir=cache_dir, offline=offline, progress=is_main, warn=output.warn,
@@ -157,8 +164,10 @@ def _summary(eval_set, model, result, limit: int | None) -> dict[str, Any]:
         "source": model.source,
         "images": tally.images,
         "failed": tally.failed,
-        "top1": tally.top1_percent,
-        "top5": tally.top5_percent,
+        # No image evaluated (every one failed, or Ctrl-C before the first batch): no accuracy exists, and 0.0
+        # would read as a model that is always wrong.
+        "top1": tally.top1_percent if tally.images else None,
+        "top5": tally.top5_percent if tally.images else None,
         "seconds": round(result.seconds, 3),
         "images_per_second": round(result.images_per_second, 2),
         "published": manifest.published(model.variant),
@@ -174,7 +183,9 @@ def _report_failures(result) -> None:
 
     for failure in result.failures:
         output.warn(f"failed: {failure.path}: {failure.reason}")
-    if result.tally.failed:
+    if result.tally.failed and not result.tally.images:
+        output.warn(f"every image failed ({result.tally.failed}): there is no accuracy to report")
+    elif result.tally.failed:
         output.warn(f"{result.tally.failed} image(s) could not be decoded and are left out of the accuracy")
 
 
@@ -206,14 +217,21 @@ def _print_table(summary: dict[str, Any], result, eval_set, model) -> None:
         ("source", f"{model.source} ({model.checkpoint_format} checkpoint {escape(model.weights_path.name)})", ""),
         ("images evaluated", f"{tally.images:,}", full),
         ("failed", f"{tally.failed:,}", "(left out of the accuracy)" if tally.failed else ""),
-        ("top-1", f"{tally.top1_percent:.2f} %", _published_text(summary["published"], "top1")),
-        ("top-5", f"{tally.top5_percent:.2f} %", _published_text(summary["published"], "top5")),
+        *_accuracy_rows(summary, result),
         ("time", f"{result.seconds:.1f} s", f"({result.world_size} processes)" if result.world_size > 1 else ""),
         ("images/s", f"{result.images_per_second:.1f}", ""),
     ]
     for name, value, note in rows:
         table.add_row(name, f"{value}  [dim]{note}[/]" if note else value)
     output.stdout_console().print(table)
+
+
+def _accuracy_rows(summary: dict[str, Any], result) -> list[tuple[str, str, str]]:
+    if summary["top1"] is None:
+        why = "every image failed" if result.tally.failed else "no image was evaluated"
+        return [("top-1 / top-5", f"[bold red]no accuracy: {why}[/]", "")]
+    return [("top-1", f"{summary['top1']:.2f} %", _published_text(summary["published"], "top1")),
+            ("top-5", f"{summary['top5']:.2f} %", _published_text(summary["published"], "top5"))]
 
 
 def _ignore(rows) -> None:

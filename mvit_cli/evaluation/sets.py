@@ -117,10 +117,15 @@ def load_eval_set(directory: Path, labels_file: Path | None = None, limit: int |
     else:
         raise NoImagesError(f"no images in {directory} ({', '.join(sorted(IMAGE_SUFFIXES))}); {HOW_TO_GET_A_LAYOUT}")
 
-    if limit is not None:
-        eval_set = EvalSet(eval_set.layout, eval_set.root, balanced_subset(eval_set.items, limit),
-                           eval_set.labels_file, eval_set.total)
-    return eval_set
+    return with_limit(eval_set, limit)
+
+
+def with_limit(eval_set: EvalSet, limit: int | None) -> EvalSet:
+    """`eval_set` cut to a class-balanced subset of `limit` images (unchanged for None)."""
+    if limit is None:
+        return eval_set
+    return EvalSet(eval_set.layout, eval_set.root, balanced_subset(eval_set.items, limit),
+                   eval_set.labels_file, eval_set.total)
 
 
 def _from_class_folders(directory: Path, folders: list[Path]) -> EvalSet:
