@@ -32,8 +32,9 @@ from eval_helpers import (
 from mvit_cli.cli.main import app
 
 N_IMAGES = 10
-JSON_KEYS = {"layout", "variant", "source", "images", "failed", "top1", "top5", "seconds", "images_per_second",
-             "published", "partial", "limit", "labels", "checkpoint"}
+JSON_KEYS = {"dataset", "layout", "variant", "source", "classes", "input_size", "crop_pct", "interpolation", "images",
+             "failed", "images_without_labels", "images_other_classes", "top1", "top5", "seconds",
+             "images_per_second", "published", "protocol_is_published", "partial", "limit", "labels", "checkpoint"}
 
 
 pytestmark = pytest.mark.usefixtures("offline_empty_cache")
@@ -84,6 +85,9 @@ def test_each_layout_gives_the_exact_counts(setup, layout, tmp_path):
     assert_counts(summary, N_IMAGES, top1, top5)
     assert set(summary) == JSON_KEYS
     assert (summary["layout"], summary["variant"], summary["source"], summary["failed"]) == (layout, "xxs", "timm", 0)
+    assert (summary["dataset"], summary["classes"], summary["input_size"], summary["crop_pct"],
+            summary["interpolation"], summary["protocol_is_published"]) == ("imagenet", 1000, 256, 0.9, "bicubic", True)
+    assert summary["images_without_labels"] is None and summary["images_other_classes"] is None
     assert summary["partial"] is False and summary["limit"] is None
     assert summary["published"]["timm"]["top1"] == 68.936 and summary["published"]["timm"]["top5"] == 88.942
     assert summary["seconds"] > 0 and summary["images_per_second"] > 0

@@ -17,22 +17,23 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from mvit_cli.distributed import Distributed
+from mvit_cli.evaluation.class_subsets import restricted_top_k
 from mvit_cli.evaluation.sets import EvalSet
-from mvit_cli.metrics import Tally, top_k
+from mvit_cli.metrics import TOP_K, Tally, top_k
 
 
 @dataclass(frozen=True)
 class Prediction:
     position: int  # index of the image in EvalSet.items
     path: Path
-    target: int
-    classes: tuple[int, ...]  # top-5 class indices, most likely first
-    probabilities: tuple[float, ...]
+    targets: tuple[int, ...]  # every correct class (one, except for ReaL)
+    classes: tuple[int, ...]  # top-5 class indices (model output numbering), most likely first
+    probabilities: tuple[float, ...]  # softmax over the classes scored (all 1000, or the set's subset)
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,13 @@ def evaluate(
     job: Distributed | None = None,
     on_progress: ProgressCallback | None = None,
     on_predictions: PredictionsCallback | None = None,
+    among: Sequence[int] | None = None,
 ) -> EvalResult:
     """Evaluate this process's shard of `eval_set` and, under torchrun, merge all shards.
+
+    `among`: score only these output classes (ImageNet-R / -A's 200): top-1 / top-5 are taken among them and the
+    probabilities are a softmax over them. Each image counts as correct when a prediction is any of its
+    `EvalItem.correct` classes.
 
     `on_predictions` receives the per-image predictions: batch by batch in a single process; under torchrun
     all at once on the main process (in set order, gathered from every process), so there every process must
@@ -92,6 +98,7 @@ def evaluate(
     keep_predictions = on_predictions is not None and job is not None
 
     state = _ShardState()
+    scored = torch.tensor(sorted(among), dtype=torch.int64) if among is not None else None
     partial = False
     start = time.perf_counter()
     # The published numbers were measured on the stored pixels: timm's and transformers' evaluation never apply
@@ -101,7 +108,7 @@ def evaluate(
     try:
         for batch, logits in run_batches(batches, model.run):  # [B, 3, S, S] -> [B, 1000]
             with _interrupts_deferred():
-                new = _count(batch, logits, items, positions, state)
+                new = _count(batch, logits, items, positions, state, scored)
                 if stream_predictions and new:
                     stream_predictions(new)
                 elif keep_predictions:
@@ -121,7 +128,8 @@ def evaluate(
     return _merge(job, state, seconds, partial, on_predictions if keep_predictions else None)
 
 
-def _count(batch, logits: torch.Tensor | None, items, positions: list[int], state: _ShardState) -> list[Prediction]:
+def _count(batch, logits: torch.Tensor | None, items, positions: list[int], state: _ShardState,
+           scored: torch.Tensor | None) -> list[Prediction]:
     """Add one batch to the counts; returns its predictions."""
     for local, reason in batch.failures:
         state.failures.append(Failure(positions[local], items[local].path, reason))
@@ -129,12 +137,14 @@ def _count(batch, logits: torch.Tensor | None, items, positions: list[int], stat
     state.done += len(batch.indices) + len(batch.failures)
     if logits is None:
         return []
-    targets = torch.tensor([items[i].target for i in batch.indices], dtype=torch.int64)
-    classes, probabilities = top_k(logits)
+    correct = [items[i].correct for i in batch.indices]
+    width = max(len(c) for c in correct)
+    targets = torch.tensor([list(c) + [-1] * (width - len(c)) for c in correct], dtype=torch.int64)
+    classes, probabilities = top_k(logits) if scored is None else restricted_top_k(logits, scored, TOP_K)
     state.tally.add(targets, classes)
     return [
-        Prediction(positions[local], items[local].path, items[local].target, tuple(c), tuple(p))
-        for local, c, p in zip(batch.indices, classes.tolist(), probabilities.tolist())
+        Prediction(positions[local], items[local].path, c, tuple(k), tuple(p))
+        for local, c, k, p in zip(batch.indices, correct, classes.tolist(), probabilities.tolist())
     ]
 
 
