@@ -141,10 +141,10 @@ def print_suite_table(entries: list[dict[str, Any]], model) -> None:
     for entry in entries:
         name = entry["dataset"] + (" [yellow](partial)[/]" if entry.get("partial") else "")
         if "error" in entry:
-            table.add_row(name, "-", "-", "-", "[red]not evaluated: see the error above[/]", "")
+            table.add_row(name, "-", "-", "-", "[red]not evaluated[/]", "")
             continue
         if entry["top1"] is None:
-            table.add_row(name, f"{entry['images']:,}", "-", "-", "[red]no accuracy: every image failed[/]", "")
+            table.add_row(name, f"{entry['images']:,}", "-", "-", "[red]no accuracy[/]", "")
             continue
         timm = (entry["published"] or {}).get("timm")
         if not entry["protocol_is_published"]:
