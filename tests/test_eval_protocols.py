@@ -112,6 +112,12 @@ def test_v2_folder_that_is_no_class_index_is_named(setup, tmp_path):
     assert_refused(run_eval(directory, "--weights", checkpoint), "1000", "007", "0..999")
 
 
+def test_v2_folders_read_as_another_set_point_to_v2(setup, tmp_path):
+    checkpoint, val_set, _ = setup
+    directory = write_folders(val_set.files[:2], val_set.targets[:2], tmp_path / "v2", str)
+    assert_refused(run_eval(directory, "--weights", checkpoint, "--dataset", "sketch"), "--dataset v2")
+
+
 def test_sketch_is_read_like_val_class_folders(setup, tmp_path):
     checkpoint, val_set, _ = setup
     directory = write_class_folders(val_set, tmp_path / "sketch")
@@ -439,6 +445,13 @@ def test_class_lists_agree_with_the_class_table_and_with_timms_copies():
         assert (DATA / ours).read_bytes() == (timm_info / theirs).read_bytes(), ours
 
 
+def test_the_dataset_option_offers_exactly_the_protocols():
+    from mvit_cli.cli.evaluate import Dataset
+    from mvit_cli.evaluation.protocols import DATASETS
+
+    assert [d.value for d in Dataset] == ["auto", *DATASETS]
+
+
 def test_tally_counts_an_image_once_and_in_the_row_of_each_of_its_classes():
     from mvit_cli.metrics import Tally
 
@@ -450,3 +463,23 @@ def test_tally_counts_an_image_once_and_in_the_row_of_each_of_its_classes():
     assert (tally.images, tally.top1, tally.top5) == (3, 1, 2)
     rows = {c.index: (c.images, c.top1, c.top5) for c in tally.classes()}
     assert rows == {0: (1, 0, 0), 1: (1, 0, 0), 4: (1, 0, 1), 5: (1, 1, 1), 6: (1, 1, 1)}
+
+
+@pytest.mark.parametrize("option", ["--labels", "--real-labels"])
+def test_a_fifo_as_label_file_is_refused_not_waited_on(setup, tmp_path, option):
+    # Opening a FIFO for reading blocks until a writer comes: eval hung for ever, Ctrl-C aside.
+    import os
+    import subprocess
+    import sys
+
+    checkpoint, val_set, _ = setup
+    directory = flat_folder(val_set.files[:2], tmp_path / "val")
+    fifo = tmp_path / "labels.fifo"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "mvit_cli", "eval", str(directory), "--weights", str(checkpoint),
+               "--dataset", "real", option, str(fifo)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{option} FIFO: eval still waiting after 60 s")
+    assert done.returncode == 1 and "not a regular file" in done.stderr and "Traceback" not in done.stderr

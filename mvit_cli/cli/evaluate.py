@@ -39,8 +39,8 @@ class Dataset(str, Enum):
     v2 = "v2"
     sketch = "sketch"
     r = "r"
-    a = "a"
     r_clean = "r-clean"
+    a = "a"
     a_clean = "a-clean"
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mvit_cli.errors import DatasetError
+from mvit_cli.evaluation.sets import read_label_text
 
 PACKAGED = "data/real.json"
 _VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})")
@@ -48,7 +49,7 @@ def load_real_labels(path: Path | None = None) -> RealLabels:
     """Read and check a real.json (default: the packaged copy). A malformed file is a DatasetError."""
     where = path or packaged_path()
     try:
-        data = json.loads(Path(where).read_text(encoding="utf-8"))
+        data = json.loads(read_label_text(Path(where)))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{where} is not a ReaL label file (a JSON list of lists of class indices): {exc}") \
             from None

@@ -17,8 +17,10 @@ A flat folder without a label file is refused instead of being read as one class
 from __future__ import annotations
 
 import csv
+import os
 import random
 import re
+import stat
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +187,8 @@ def _from_class_folders(directory: Path, folders: list[Path], naming: FolderNami
             hint = ""
         elif any(_WNID.fullmatch(n.lower()) for n in unknown):
             hint = "; WordNet ids are written in lower case (n01440764)"
+        elif all(n.isdigit() for n in unknown):  # ImageNetV2's folders, read as another set
+            hint = "; folders named by class index are ImageNetV2's layout (--dataset v2)"
         elif len(folders) == 1:  # pointed one level too high, e.g. at the parent of val/
             hint = f"; did you mean {folders[0]}?"
         else:
@@ -242,6 +246,26 @@ def find_labels_file(directory: Path) -> Path | None:
     return None
 
 
+# Far above any label file (Kaggle's LOC_val_solution.csv: 10 MB, ReaL's real.json: 0.4 MB).
+MAX_LABEL_FILE_BYTES = 64 * 1024 * 1024
+
+
+def read_label_text(path: Path) -> str:
+    """The text of a label file (UTF-8, BOM dropped). Only a regular file of sensible size is read: a FIFO would
+    block forever and /dev/zero never end. Raises DatasetError for those, UnicodeDecodeError for binary files."""
+    try:
+        status = os.stat(path)
+    except OSError as exc:
+        raise DatasetError(f"{path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise DatasetError(f"{path} is not a regular file (a pipe or a device?); give the label file itself")
+    with open(path, "rb") as file:
+        data = file.read(MAX_LABEL_FILE_BYTES + 1)
+    if len(data) > MAX_LABEL_FILE_BYTES:
+        raise DatasetError(f"{path} is larger than {MAX_LABEL_FILE_BYTES // 2**20} MB, far more than any label file")
+    return data.decode("utf-8-sig")
+
+
 def read_labels_file(path: Path) -> tuple[str, Callable[[str], int | None]]:
     """The layout a label file belongs to, and a lookup from image stem to model output index (None: no label).
 
@@ -249,7 +273,7 @@ def read_labels_file(path: Path) -> tuple[str, Callable[[str], int | None]]:
     ground truth is one integer per line.
     """
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_label_text(path)
     except UnicodeDecodeError:
         raise DatasetError(f"{path} is not a text label file; {HOW_TO_GET_A_LAYOUT}") from None
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
