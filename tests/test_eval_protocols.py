@@ -346,7 +346,9 @@ def test_impossible_protocols_are_refused(setup, tmp_path, option):
 def test_suite_runs_every_set_found_and_reports_the_unreadable_one(setup, tmp_path):
     checkpoint, val_set, _ = setup
     root = tmp_path / "sets"
-    write_class_folders(val_set, root / "imagenet" / "val")
+    val = write_class_folders(val_set, root / "imagenet" / "val")
+    broken = val / WNID[val_set.targets[0]] / "ILSVRC2012_val_00000002.JPEG"  # labelled in ReaL too
+    broken.write_bytes(val_set.files[0].read_bytes()[:300])
     write_folders(val_set.files, val_set.targets, root / "imagenetv2-matched-frequency-format-val", str)
     r_classes = subset_classes("r")
     r_targets = choose_targets_among(val_set.logits, list(r_classes))
@@ -363,6 +365,9 @@ def test_suite_runs_every_set_found_and_reports_the_unreadable_one(setup, tmp_pa
     assert "error" in by_name["a"] and "n02119789" in by_name["a"]["error"]
     assert "error" in by_name["a-clean"] and "sketch: not found" in result.stderr
     assert_counts(by_name["imagenet"], N_IMAGES, *val_set.expected)
+    # One pass over val: the broken image fails once, is reported once, and counts as failed in both sets.
+    assert by_name["imagenet"]["failed"] == 1 and by_name["real"]["failed"] == 1
+    assert result.stderr.count("ILSVRC2012_val_00000002.JPEG") == 1
     assert_counts(by_name["v2"], N_IMAGES, *val_set.expected)
     assert_counts(by_name["r"], N_IMAGES, *count_hits_among(val_set.logits, r_targets, list(r_classes)))
     published = json.loads((DATA / "real.json").read_text())

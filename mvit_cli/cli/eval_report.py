@@ -57,6 +57,20 @@ def report_failures(result) -> None:
         output.warn(f"{result.tally.failed} image(s) could not be decoded and are left out of the accuracy")
 
 
+def report_suite_failures(results: dict[str, Any]) -> None:
+    """Each failed image once (sets read from one folder share it), then how many each set left out."""
+    seen: set = set()
+    for result in results.values():
+        for failure in result.failures:
+            if failure.path not in seen:
+                seen.add(failure.path)
+                output.warn(f"failed: {failure.path}: {failure.reason}")
+    for name, result in results.items():
+        if result.tally.failed:
+            output.warn(f"{name}: {result.tally.failed} image(s) could not be decoded and are left out"
+                        + ("; no accuracy" if not result.tally.images else ""))
+
+
 def _published_text(published: dict[str, Any] | None, key: str) -> str:
     """e.g. "(published: 68.94 timm · 69.02 mmpretrain)": every published figure for `key` ("top1" or "top5")."""
     figures = [f"{entry[key]:.2f} {name}" for name, entry in (published or {}).items()

@@ -230,6 +230,7 @@ def _suite(root: Path, labels: Path | None, real_labels: Path | None, model_opti
     from mvit_cli import distributed
     from mvit_cli.cli import eval_report, output
     from mvit_cli.errors import NoImagesError
+    from mvit_cli.evaluation import loop as evaluation
     from mvit_cli.evaluation import protocols
 
     found, missing = protocols.find_suite(root)
@@ -261,10 +262,18 @@ def _suite(root: Path, labels: Path | None, real_labels: Path | None, model_opti
         model, choice, batch_size, workers = _load(model_options, device_name, job, wanted, batch_size, workers,
                                                    total)
         results: dict[str, Any] = {}
+        # Sets read from one folder (val: imagenet, real, r-clean, a-clean) share one pass over its images.
+        passes: dict[Path, list[tuple[Any, Any]]] = {}
         for protocol, prepared in readable:
-            results[protocol.name] = _evaluate(prepared, model, batch_size, workers, job, None, protocol.name)
-            if results[protocol.name].partial:
-                break  # Ctrl-C ends the suite, not only the set being evaluated
+            passes.setdefault(prepared.eval_set.root, []).append((protocol, prepared))
+        for sets in passes.values():
+            scorings = [evaluation.Scoring(prepared.eval_set.items, prepared.among) for _, prepared in sets]
+            label = ", ".join(protocol.name for protocol, _ in sets)
+            with _progress(is_main and output.progress_enabled(), job, label) as on_progress:
+                together = evaluation.evaluate_together(scorings, model, batch_size, workers, job, on_progress)
+            results.update((protocol.name, result) for (protocol, _), result in zip(sets, together))
+            if together[0].partial:
+                break  # Ctrl-C ends the suite, not only the sets being evaluated
     finally:
         distributed.stop_distributed(job)
 
@@ -272,13 +281,12 @@ def _suite(root: Path, labels: Path | None, real_labels: Path | None, model_opti
     if not is_main:
         return code
     summaries = []
+    eval_report.report_suite_failures(results)
     for protocol, prepared, error in entries:
         if error:
             summaries.append(eval_report.error_summary(protocol, error))
         elif protocol.name in results:
-            result = results[protocol.name]
-            eval_report.report_failures(result)
-            summaries.append(eval_report.summary(prepared, model, choice, result, limit))
+            summaries.append(eval_report.summary(prepared, model, choice, results[protocol.name], limit))
     if json_output:
         output.write_json(summaries)
     else:
@@ -313,12 +321,12 @@ def _load(model_options: dict[str, Any], device_name: str, job, wanted, batch_si
     return model, choice, batch_size, workers
 
 
-def _evaluate(prepared, model, batch_size: int, workers: int, job, on_predictions, name: str | None = None):
+def _evaluate(prepared, model, batch_size: int, workers: int, job, on_predictions):
     from mvit_cli.cli import output
     from mvit_cli.evaluation import loop as evaluation
 
     is_main = job is None or job.is_main
-    with _progress(is_main and output.progress_enabled(), job, name) as on_progress:
+    with _progress(is_main and output.progress_enabled(), job) as on_progress:
         return evaluation.evaluate(prepared.eval_set, model, batch_size, workers, job, on_progress, on_predictions,
                                    among=prepared.among)
 
