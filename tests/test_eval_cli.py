@@ -335,6 +335,25 @@ def test_per_class_aimed_at_the_label_file_is_refused(setup, tmp_path):
     assert labels.read_text() == before
 
 
+@pytest.mark.parametrize("packaged", [False, True])
+def test_predictions_aimed_at_the_real_labels_are_refused(setup, tmp_path, packaged):
+    from eval_helpers import DATA
+
+    checkpoint, val_set, _, _ = setup
+    directory = write_devkit(val_set, tmp_path / "data")
+    labels = DATA / "real.json"
+    if not packaged:
+        labels = tmp_path / "mine.json"
+        labels.write_text(json.dumps([[0]] * 100))
+    before = labels.read_bytes()
+    link = tmp_path / "link.csv"
+    link.symlink_to(labels)
+    extra = [] if packaged else ["--real-labels", labels]
+    result = run_eval(directory, "--weights", checkpoint, "--dataset", "real", *extra, "--predictions", link)
+    assert result.exit_code == 1 and "overwritten" in result.stderr, result.output
+    assert labels.read_bytes() == before
+
+
 @pytest.mark.parametrize("how", ["one path", "a hard link", "a symlink", "a symlink to a new file"])
 def test_predictions_and_per_class_in_one_file_are_refused(setup, tmp_path, how):
     # Issue 18, finding 6: both writers shared one file, which ended as one corrupt CSV, and eval exited 0.

@@ -57,7 +57,7 @@ def eval_command(
     directory: Annotated[
         Optional[Path],
         typer.Argument(help="The set's folder: class folders (WordNet ids; V2: 0..999), or flat validation images "
-                       "with a label file beside or above it.", metavar="[DIR]", exists=True, file_okay=False,
+                       "with a label file beside or above it.", metavar="DIR", exists=True, file_okay=False,
                        resolve_path=True, show_default=False),
     ] = None,
     dataset: Annotated[

@@ -136,8 +136,7 @@ def prepare(protocol: Protocol, directory: Path, labels_file: Path | None = None
     real, without_labels = None, 0
     if protocol.real_labels:
         real = real_labels.load_real_labels(real_labels_file)
-        if real_labels_file is not None:
-            inputs += (Path(real_labels_file),)
+        inputs += (real.source or real_labels.packaged_path(),)
         items, without_labels = _with_real_labels(found, items, real)
 
     if limit is not None:
