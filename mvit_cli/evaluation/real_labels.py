@@ -68,7 +68,8 @@ def _checked(data: object, where: Path) -> tuple[tuple[int, ...], ...]:
                 break
     if bad:
         raise DatasetError(f"{where}: entries that are not lists of class indices 0..999: {', '.join(bad)}")
-    return tuple(tuple(entry) for entry in data)  # type: ignore[arg-type]
+    # A class listed twice would count its image twice in that class's per-class row.
+    return tuple(tuple(dict.fromkeys(entry)) for entry in data)  # type: ignore[arg-type]
 
 
 def unplaceable(names: Sequence[str], real: RealLabels) -> list[str]:

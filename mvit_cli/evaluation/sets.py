@@ -12,6 +12,11 @@ The layouts ImageNet's validation set is found in:
 
 A flat folder without a label file is refused instead of being read as one class. Label files are taken from
 `--labels` or looked for beside and above the folder, since both datasets unpack them a few levels up.
+
+Other test sets add two layouts (which set accepts which is decided in `protocols.py`):
+
+4. `index-folders`: one folder per class named by its output index 0..999 (ImageNetV2);
+5. `flat`: flat ILSVRC2012_val_* images without any label file, for ImageNet-ReaL, which places them by name.
 """
 
 from __future__ import annotations
