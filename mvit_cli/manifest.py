@@ -120,6 +120,13 @@ def _validate(data: dict[str, Any]) -> None:
                     raise ValueError(f"{where}: {key!r} missing")
     if set(data["published"]) != set(VARIANTS):
         raise ValueError("manifest: [published] must list exactly the variants " + ", ".join(VARIANTS))
+    for dataset, figures in data.get("published_sets", {}).items():
+        for variant in VARIANTS:
+            entry_ = figures.get(variant)
+            if not isinstance(entry_, dict) or not all(isinstance(entry_.get(k), float) for k in ("top1", "top5")):
+                raise ValueError(f"manifest: published_sets.{dataset}.{variant} needs top1 and top5")
+        if not isinstance(figures.get("reference"), str):
+            raise ValueError(f"manifest: published_sets.{dataset} lacks a reference")
 
 
 def _check_names(variant: str, source: str) -> None:
@@ -185,6 +192,13 @@ def preprocessing(source: str) -> Preprocessing:
     )
 
 
+def preprocessing_crop_pct(source: str) -> float | None:
+    """The crop fraction `source`'s protocol is stated with (timm: 0.9), or None where it is stated as sizes."""
+    _check_names(VARIANTS[0], source)
+    value = _load()["sources"][source]["preprocessing"].get("crop_pct")
+    return float(value) if value is not None else None
+
+
 def published(variant: str) -> dict[str, dict[str, Any]]:
     """Published ImageNet-1k accuracies (%) of `variant`, keyed by where they were published.
 
@@ -193,6 +207,24 @@ def published(variant: str) -> dict[str, dict[str, Any]]:
     """
     _check_names(variant, SOURCES[0])
     return {name: dict(values) for name, values in _load()["published"][variant].items()}
+
+
+def published_on(dataset: str, variant: str) -> dict[str, dict[str, Any]]:
+    """Published accuracies (%) of `variant` on a test or label set, keyed by where they were published, in the
+    shape of `published()`. `dataset` is a `mvit eval --dataset` name; "imagenet" is ImageNet val (`published`).
+    A set without published figures gives {}.
+
+    Example: published_on("real", "xxs") == {"timm": {"top1": 76.604, "top5": 92.677, "protocol": ...,
+    "reference": "timm results/results-imagenet-real.csv"}}
+    """
+    if dataset == "imagenet":
+        return published(variant)
+    _check_names(variant, SOURCES[0])
+    figures = _load().get("published_sets", {}).get(dataset)
+    if figures is None:
+        return {}
+    timm_protocol = _load()["published"][variant]["timm"]["protocol"]
+    return {"timm": {**figures[variant], "protocol": timm_protocol, "reference": figures["reference"]}}
 
 
 def source_info(source: str) -> dict[str, Any]:

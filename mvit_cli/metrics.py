@@ -2,6 +2,9 @@
 
 Counts (not running averages) are kept so that shards evaluated by different processes add up exactly:
 one all-reduce of one int64 tensor gives the same numbers as a single process would.
+
+An image may have several correct classes (ImageNet-ReaL): it is a hit at k when any of its top k predictions is
+one of them. It counts once in the totals, and once in the per-class row of each of its classes.
 """
 
 from __future__ import annotations
@@ -33,31 +36,42 @@ class Tally:
 
     def __init__(self, num_classes: int = 1000):
         self.per_class = torch.zeros(3, num_classes, dtype=torch.int64)  # rows: images, top-1 hits, top-5 hits
+        self.totals = torch.zeros(3, dtype=torch.int64)  # the same over images: each image counts once
         self.failed = 0
 
     def add(self, targets: torch.Tensor, predicted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Count a batch: targets [B], predicted [B, k] (best first). Returns the top-1 and top-k hits, 2 x [B] bool."""
+        """Count a batch: targets [B] (one class each) or [B, L] (up to L correct classes each, padded with -1;
+        at least one per image), predicted [B, k] (best first). Returns the top-1 and top-k hits, 2 x [B] bool."""
         targets = targets.to(torch.int64)
-        hit1 = predicted[:, 0] == targets
-        hit5 = (predicted == targets[:, None]).any(dim=1)
+        if targets.dim() == 1:
+            targets = targets[:, None]
+        valid = targets >= 0
+        if not bool(valid.any(dim=1).all()):
+            raise ValueError("every image needs at least one correct class")
+        matches = (predicted[:, :, None] == targets[:, None, :]) & valid[:, None, :]  # [B, k, L]
+        hit1 = matches[:, 0].any(dim=1)
+        hit5 = matches.any(dim=(1, 2))
+        image_of, _ = valid.nonzero(as_tuple=True)  # one entry per (image, correct class), row-major
+        classes = targets[valid]
         update = torch.zeros_like(self.per_class)
-        update[0].index_add_(0, targets, torch.ones_like(targets))
-        update[1].index_add_(0, targets, hit1.to(torch.int64))
-        update[2].index_add_(0, targets, hit5.to(torch.int64))
+        update[0].index_add_(0, classes, torch.ones_like(classes))
+        update[1].index_add_(0, classes, hit1[image_of].to(torch.int64))
+        update[2].index_add_(0, classes, hit5[image_of].to(torch.int64))
         self.per_class += update
+        self.totals += torch.stack([torch.tensor(len(targets)), hit1.sum(), hit5.sum()]).to(torch.int64)
         return hit1, hit5
 
     @property
     def images(self) -> int:
-        return int(self.per_class[0].sum())
+        return int(self.totals[0])
 
     @property
     def top1(self) -> int:
-        return int(self.per_class[1].sum())
+        return int(self.totals[1])
 
     @property
     def top5(self) -> int:
-        return int(self.per_class[2].sum())
+        return int(self.totals[2])
 
     @property
     def top1_percent(self) -> float:
@@ -77,10 +91,13 @@ class Tally:
         import torch.distributed as dist
 
         # One flat tensor, one collective; on the device because NCCL reduces only CUDA tensors.
-        flat = torch.cat([self.per_class.flatten(), torch.tensor([self.failed], dtype=torch.int64)]).to(device)
+        flat = torch.cat([self.per_class.flatten(), self.totals,
+                          torch.tensor([self.failed], dtype=torch.int64)]).to(device)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat = flat.cpu()
-        self.per_class = flat[:-1].reshape(self.per_class.shape).clone()
+        cells = self.per_class.numel()
+        self.per_class = flat[:cells].reshape(self.per_class.shape).clone()
+        self.totals = flat[cells:cells + 3].clone()
         self.failed = int(flat[-1])
 
 

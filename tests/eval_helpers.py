@@ -155,3 +155,93 @@ def write_kaggle(val_set: ValSet, root: Path) -> Path:
     for file in val_set.files:
         _link(file, val / file.name)
     return val
+
+
+# ------------------------------------------------------------------ the other test sets (ReaL, V2, R, A, ...)
+
+DATA = Path(__file__).resolve().parent.parent / "mvit_cli" / "data"
+
+
+def subset_classes(name: str) -> dict[int, str]:
+    """ImageNet-R's or -A's classes {output index: wnid}, from the published lists (line i of the indices file is
+    the class of line i of the synsets file): the test's own facts, not mvit's class table."""
+    wnids = (DATA / f"imagenet_{name}_synsets.txt").read_text().split()
+    indices = [int(i) for i in (DATA / f"imagenet_{name}_indices.txt").read_text().split()]
+    assert len(wnids) == len(indices) == 200
+    return dict(zip(indices, wnids))
+
+
+def choose_targets_among(logits: torch.Tensor, classes: list[int]) -> list[int]:
+    """Targets from `classes` only, by RANK_PATTERN over the ranking among those classes (hits, top-5, misses)."""
+    among = torch.tensor(sorted(classes))
+    order = among[logits[:, among].argsort(dim=1, descending=True)]
+    targets = [int(order[i, RANK_PATTERN[i % len(RANK_PATTERN)]]) for i in range(len(logits))]
+    # The answer must not hinge on float rounding: each target is clear of its neighbours in the ranking.
+    top = logits.gather(1, order[:, :9])
+    for i in range(len(logits)):
+        rank = RANK_PATTERN[i % len(RANK_PATTERN)]
+        neighbours = top[i, max(rank - 1, 0):rank + 2]
+        assert float((neighbours[:-1] - neighbours[1:]).min()) > 1e-4, (i, neighbours)
+    return targets
+
+
+def count_hits_among(logits: torch.Tensor, targets: list[int], classes: list[int]) -> tuple[int, int]:
+    """(top-1 hits, top-5 hits) with the outputs restricted to `classes`: rivals are only classes among them."""
+    mask = torch.zeros(logits.shape[1], dtype=torch.bool)
+    mask[classes] = True
+    top1 = top5 = 0
+    for row, target in zip(logits, targets):
+        higher = int(((row > row[target]) & mask).sum())
+        top1 += higher == 0
+        top5 += higher < 5
+    return top1, top5
+
+
+def count_real_hits(logits: torch.Tensor, label_lists: list[list[int]]) -> tuple[int, int, int]:
+    """(images with labels, top-1 hits, top-5 hits): a hit at k when any of the top k is one of the labels."""
+    images = top1 = top5 = 0
+    for row, accepted in zip(logits, label_lists):
+        if not accepted:
+            continue
+        images += 1
+        best = min(int((row > row[c]).sum()) for c in accepted)  # rank of the best-ranked correct class
+        top1 += best == 0
+        top5 += best < 5
+    return images, top1, top5
+
+
+def write_folders(files: list[Path], targets: list[int], root: Path, folder_of) -> Path:
+    """root/<folder_of(target)>/<file name> links, one per image."""
+    for file, target in zip(files, targets):
+        _link(file, root / folder_of(target) / file.name)
+    return root
+
+
+def write_kaggle_csv(files: list[Path], targets: list[int], root: Path, wnid_of) -> Path:
+    """Kaggle's layout for any classes: root/LOC_val_solution.csv and the images in root/ILSVRC/Data/CLS-LOC/val."""
+    val = root / "ILSVRC" / "Data" / "CLS-LOC" / "val"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "LOC_val_solution.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ImageId", "PredictionString"])
+        for file, target in zip(files, targets):
+            writer.writerow([file.stem, f"{wnid_of(target)} 1 2 30 40"])
+    for file in files:
+        _link(file, val / file.name)
+    return val
+
+
+def real_labels_for(val_set) -> tuple[list[list[int]], list[list[int]]]:
+    """The test's own ReaL file (entry per image number 1..max+5) and the lists of the set's images, in order.
+
+    Per image, cycling: no label (left out); the true class plus the model's top-1 (a hit only ReaL sees); the
+    true class alone; the true class plus a class far outside the top 5.
+    """
+    top1 = val_set.logits.argmax(dim=1).tolist()
+    per_image = []
+    for i, target in enumerate(val_set.targets):
+        per_image.append([[], sorted({target, top1[i]}), [target], sorted({target, 0})][i % 4])
+    entries = [[(n * 37) % 1000] for n in range(1, max(val_set.numbers) + 6)]  # the images not in the set
+    for number, accepted in zip(val_set.numbers, per_image):
+        entries[number - 1] = accepted
+    return entries, per_image

@@ -32,8 +32,9 @@ from eval_helpers import (
 from mvit_cli.cli.main import app
 
 N_IMAGES = 10
-JSON_KEYS = {"layout", "variant", "source", "images", "failed", "top1", "top5", "seconds", "images_per_second",
-             "published", "partial", "limit", "labels", "checkpoint"}
+JSON_KEYS = {"dataset", "layout", "variant", "source", "classes", "input_size", "crop_pct", "interpolation", "images",
+             "failed", "images_without_labels", "images_other_classes", "top1", "top5", "seconds",
+             "images_per_second", "published", "protocol_is_published", "partial", "limit", "labels", "checkpoint"}
 
 
 pytestmark = pytest.mark.usefixtures("offline_empty_cache")
@@ -84,6 +85,9 @@ def test_each_layout_gives_the_exact_counts(setup, layout, tmp_path):
     assert_counts(summary, N_IMAGES, top1, top5)
     assert set(summary) == JSON_KEYS
     assert (summary["layout"], summary["variant"], summary["source"], summary["failed"]) == (layout, "xxs", "timm", 0)
+    assert (summary["dataset"], summary["classes"], summary["input_size"], summary["crop_pct"],
+            summary["interpolation"], summary["protocol_is_published"]) == ("imagenet", 1000, 256, 0.9, "bicubic", True)
+    assert summary["images_without_labels"] is None and summary["images_other_classes"] is None
     assert summary["partial"] is False and summary["limit"] is None
     assert summary["published"]["timm"]["top1"] == 68.936 and summary["published"]["timm"]["top5"] == 88.942
     assert summary["seconds"] > 0 and summary["images_per_second"] > 0
@@ -282,3 +286,108 @@ def test_unwritable_per_class_file_fails_before_the_evaluation(setup, tmp_path):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "per_class.csv" in result.output
     assert len(predictions.read_text().splitlines()) <= 1  # no image was evaluated
+
+
+# ------------------------------------------------------------------ outputs that must not destroy inputs (issue 18)
+
+
+def copied_class_folders(val_set, root: Path) -> Path:
+    """Class folders of real copies (not links to the shared staged files): these tests aim outputs at them."""
+    import shutil
+
+    from eval_helpers import WNID
+
+    for file, target in zip(val_set.files, val_set.targets):
+        (root / WNID[target]).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, root / WNID[target] / file.name)
+    return root
+
+
+@pytest.mark.parametrize("aim", ["the image", "a hard link", "a symlink"])
+def test_predictions_aimed_at_an_image_is_refused(setup, tmp_path, aim):
+    # Issue 18, finding 4: eval truncated the image (classify had the check, eval did not); the check must
+    # compare files, not paths: a hard link has a path of its own.
+    checkpoint, val_set, _, _ = setup
+    directory = copied_class_folders(val_set, tmp_path / "data")
+    chosen = tmp_path / "chosen.csv"
+    _, result = run_json(directory, checkpoint, "--limit", "2", "--predictions", chosen)
+    # An image outside the --limit subset is still an input file of the folder.
+    image = next(p for p in sorted(directory.glob("*/*.JPEG")) if str(p) not in chosen.read_text())
+    before = image.read_bytes()
+    target = {"the image": image, "a hard link": tmp_path / "link.csv", "a symlink": tmp_path / "sym.csv"}[aim]
+    if aim == "a hard link":
+        os.link(image, target)
+    elif aim == "a symlink":
+        target.symlink_to(image)
+    result = run_eval(directory, "--weights", checkpoint, "--workers", "0", "--limit", "2", "--predictions", target)
+    assert result.exit_code == 1, result.output
+    assert "--predictions" in result.stderr and "overwritten" in result.stderr and "Traceback" not in result.stderr
+    assert image.read_bytes() == before
+
+
+def test_per_class_aimed_at_the_label_file_is_refused(setup, tmp_path):
+    checkpoint, val_set, _, _ = setup
+    directory = write_devkit(val_set, tmp_path / "data")
+    labels = directory.parent / "ILSVRC2012_validation_ground_truth.txt"
+    before = labels.read_text()
+    result = run_eval(directory, "--weights", checkpoint, "--workers", "0", "--per-class", labels)
+    assert result.exit_code == 1 and "--per-class" in result.stderr, result.output
+    assert labels.read_text() == before
+
+
+@pytest.mark.parametrize("packaged", [False, True])
+def test_predictions_aimed_at_the_real_labels_are_refused(setup, tmp_path, packaged):
+    from eval_helpers import DATA
+
+    checkpoint, val_set, _, _ = setup
+    directory = write_devkit(val_set, tmp_path / "data")
+    labels = DATA / "real.json"
+    if not packaged:
+        labels = tmp_path / "mine.json"
+        labels.write_text(json.dumps([[0]] * 100))
+    before = labels.read_bytes()
+    link = tmp_path / "link.csv"
+    link.symlink_to(labels)
+    extra = [] if packaged else ["--real-labels", labels]
+    result = run_eval(directory, "--weights", checkpoint, "--dataset", "real", *extra, "--predictions", link)
+    assert result.exit_code == 1 and "overwritten" in result.stderr, result.output
+    assert labels.read_bytes() == before
+
+
+@pytest.mark.parametrize("how", ["one path", "a hard link", "a symlink", "a symlink to a new file"])
+def test_predictions_and_per_class_in_one_file_are_refused(setup, tmp_path, how):
+    # Issue 18, finding 6: both writers shared one file, which ended as one corrupt CSV, and eval exited 0.
+    checkpoint, val_set, _, _ = setup
+    directory = write_class_folders(val_set, tmp_path / "data")
+    first, second = tmp_path / "out.csv", tmp_path / "other.csv"
+    if how == "one path":
+        second = tmp_path / "." / "out.csv"
+    elif how == "a hard link":
+        first.write_text("kept\n")
+        os.link(first, second)
+    else:
+        if how == "a symlink":
+            first.write_text("kept\n")
+        second.symlink_to(first)  # dangling for "a new file": both would create out.csv
+    result = run_eval(directory, "--weights", checkpoint, "--workers", "0", "--predictions", first,
+                      "--per-class", second)
+    assert result.exit_code == 1, result.output
+    assert "same file" in result.stderr and "Traceback" not in result.stderr
+    assert (first.read_text() if first.exists() else "kept\n") == "kept\n"
+
+
+def test_every_image_failing_gives_no_accuracy(setup, tmp_path):
+    # Issue 18, finding 13: "top1": 0.0 with "images": 0 read as a model that is always wrong.
+    checkpoint, _, _, _ = setup
+    folder = tmp_path / "data" / KNOWN[0][0]
+    folder.mkdir(parents=True)
+    for name in ("a.JPEG", "b.JPEG"):
+        (folder / name).write_text("not a picture")
+    summary, result = run_json(tmp_path / "data", checkpoint)
+    assert result.exit_code == 3, result.output
+    assert (summary["images"], summary["failed"], summary["top1"], summary["top5"]) == (0, 2, None, None)
+    assert "every image failed" in result.stderr
+    table = run_eval(tmp_path / "data", "--weights", checkpoint, "--workers", "0")
+    assert table.exit_code == 3
+    text = " ".join(table.stdout.split())
+    assert "no accuracy: every image failed" in text and "0.00 %" not in text

@@ -2,7 +2,8 @@
 
 An odd number of images (so the two shards differ in size) and one corrupt image: the all-reduced counts, the
 failure count, the gathered predictions and per-class files must equal those of one process exactly, and the
-counts must equal the test's own.
+counts must equal the test's own. A second pair of runs evaluates a suite (ImageNet val, ReaL with multi-label
+and empty entries, ImageNet-R and R-clean restricted to 200 classes) in one invocation each.
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from eval_helpers import make_checkpoint, make_val_set, write_class_folders
+from eval_helpers import (
+    choose_targets_among,
+    count_hits_among,
+    count_real_hits,
+    make_checkpoint,
+    make_val_set,
+    real_labels_for,
+    subset_classes,
+    write_class_folders,
+    write_folders,
+)
 
 N_IMAGES = 9  # odd: shards of 5 and 4 (plus the corrupt one)
 
@@ -41,11 +52,23 @@ def environment(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def material(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     checkpoint = root / "xxs-random.safetensors"
     model = make_checkpoint(checkpoint, seed=3)
     val_set = make_val_set(model, root / "staged", N_IMAGES, seed=3)
+    return root, checkpoint, val_set
+
+
+def launchers() -> dict[str, list[str]]:
+    return {"single": [sys.executable],
+            "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+                         "--master-addr", "127.0.0.1", "--master-port", str(free_port())]}
+
+
+@pytest.fixture(scope="module")
+def runs(material):
+    root, checkpoint, val_set = material
     directory = write_class_folders(val_set, root / "val")
     corrupt_class = sorted(directory.iterdir())[-1]
     (corrupt_class / "corrupt.JPEG").write_bytes(val_set.files[0].read_bytes()[:200])
@@ -59,11 +82,36 @@ def runs(tmp_path_factory):
         done = subprocess.run(command, capture_output=True, text=True, env=environment(root), timeout=240)
         return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "out": out}
 
-    single = run("single", [sys.executable])
-    torchrun = run("torchrun", [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
-                                "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                                "--master-port", str(free_port())])
+    single, torchrun = (run(name, launcher) for name, launcher in launchers().items())
     return val_set, single, torchrun
+
+
+@pytest.fixture(scope="module")
+def suite_runs(material):
+    """`eval --suite` over val (imagenet, ReaL, R-clean) and imagenet-r: one invocation per launcher."""
+    root, checkpoint, val_set = material
+    suite = root / "suite"
+    write_class_folders(val_set, suite / "val")
+    r_classes = subset_classes("r")
+    r_targets = choose_targets_among(val_set.logits, list(r_classes))
+    write_folders(val_set.files, r_targets, suite / "imagenet-r", r_classes.__getitem__)
+    entries, per_image = real_labels_for(val_set)
+    (root / "real.json").write_text(json.dumps(entries))
+    expected = {
+        "imagenet": (N_IMAGES, *val_set.expected),
+        "real": count_real_hits(val_set.logits, per_image),
+        "r": (N_IMAGES, *count_hits_among(val_set.logits, r_targets, list(r_classes))),
+    }
+    clean = [i for i, t in enumerate(val_set.targets) if t in r_classes]
+    expected["r-clean"] = (len(clean), *count_hits_among(val_set.logits[clean], [val_set.targets[i] for i in clean],
+                                                          list(r_classes)))
+    runs_ = {}
+    for name, launcher in launchers().items():
+        command = [*launcher, "-m", "mvit_cli", "eval", "--suite", str(suite), "--real-labels",
+                   str(root / "real.json"), "--weights", str(checkpoint), "--format", "json", "--workers", "0",
+                   "--batch-size", "2", "--device", "cpu"]
+        runs_[name] = subprocess.run(command, capture_output=True, text=True, env=environment(root), timeout=240)
+    return expected, runs_
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -107,3 +155,23 @@ def test_only_rank_zero_reports(runs):
     assert f"evaluating {N_IMAGES + 1} images on 2 processes (torch.distributed, gloo)" in torchrun["stderr"]
     assert torchrun["stderr"].count("corrupt.JPEG") == 1
     assert "mvit_cli/" not in torchrun["stderr"]  # no traceback from mvit (torchrun prints its own summary)
+
+
+@pytest.mark.slow
+def test_suite_of_real_and_r_on_two_processes_equals_one(suite_runs):
+    expected, runs_ = suite_runs
+    single, torchrun = runs_["single"], runs_["torchrun"]
+    # a-clean cannot be read (no image of ImageNet-A's classes in val): exit 3 on one process, torchrun's 1 on two.
+    assert single.returncode == 3, single.stderr
+    assert torchrun.returncode == 1 and re.search(r"exitcode\s*:\s*3", torchrun.stderr), torchrun.stderr
+    one, two = json.loads(single.stdout), json.loads(torchrun.stdout)
+    timing = ("seconds", "images_per_second")
+    assert [{k: v for k, v in e.items() if k not in timing} for e in one] == \
+        [{k: v for k, v in e.items() if k not in timing} for e in two]
+    by_name = {e["dataset"]: e for e in two}
+    assert "error" in by_name["a-clean"]
+    for name, (images, top1, top5) in expected.items():
+        assert images and by_name[name]["images"] == images, name
+        assert by_name[name]["top1"] == pytest.approx(100.0 * top1 / images, abs=1e-9), name
+        assert by_name[name]["top5"] == pytest.approx(100.0 * top5 / images, abs=1e-9), name
+    assert by_name["real"]["images_without_labels"] == N_IMAGES - expected["real"][0]

@@ -1,14 +1,16 @@
-"""`mvit eval`: ImageNet top-1 / top-5 of a validation folder, beside the published numbers.
+"""`mvit eval`: top-1 / top-5 of a test set (ImageNet val, ReaL, V2, Sketch, R, A, R-clean, A-clean) beside the
+published numbers, one set or a whole suite of them.
 
 The module is named `evaluate` because `eval` is a Python builtin; the command is registered as "eval".
 """
 
 from __future__ import annotations
 
-import csv
 from contextlib import ExitStack
+from dataclasses import replace
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional, TextIO
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -27,7 +29,24 @@ from mvit_cli.cli._options import (
     WeightsOpt,
     WorkersOpt,
 )
-from mvit_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
+from mvit_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, MvitError, UsageError
+
+
+class Dataset(str, Enum):
+    auto = "auto"
+    imagenet = "imagenet"
+    real = "real"
+    v2 = "v2"
+    sketch = "sketch"
+    r = "r"
+    r_clean = "r-clean"
+    a = "a"
+    a_clean = "a-clean"
+
+
+class Interpolation(str, Enum):
+    bicubic = "bicubic"
+    bilinear = "bilinear"
 
 
 def register(app: typer.Typer) -> None:
@@ -36,11 +55,23 @@ def register(app: typer.Typer) -> None:
 
 def eval_command(
     directory: Annotated[
-        Path,
-        typer.Argument(help="Validation folder: class folders named by WordNet id, or flat images with a label "
-                       "file beside or above it.", metavar="DIR", exists=True, file_okay=False,
-                       resolve_path=True),
-    ],
+        Optional[Path],
+        typer.Argument(help="The set's folder: class folders (WordNet ids; V2: 0..999), or flat validation images "
+                       "with a label file beside or above it.", metavar="DIR", exists=True, file_okay=False,
+                       resolve_path=True, show_default=False),
+    ] = None,
+    dataset: Annotated[
+        Dataset,
+        typer.Option("--dataset", "-d", help="Which set DIR is, and so how it is scored: imagenet, real "
+                     "(ImageNet-ReaL labels), v2 (ImageNetV2), sketch, r / a (ImageNet-R / -A, 200 classes), "
+                     "r-clean / a-clean (val on their 200 classes); auto recognises v2, r and a by their folders."),
+    ] = Dataset.auto,
+    suite: Annotated[
+        Optional[Path],
+        typer.Option("--suite", help="Evaluate every set found under this folder (imagenet/val or val, "
+                     "imagenetv2-matched-frequency-format-val, sketch, imagenet-r, imagenet-a; ReaL, R-clean and "
+                     "A-clean from val) and print one table.", exists=True, file_okay=False, resolve_path=True),
+    ] = None,
     variant: VariantOpt = None,
     source: SourceOpt = None,
     weights: WeightsOpt = None,
@@ -49,6 +80,26 @@ def eval_command(
         typer.Option("--labels", help="Label file for a flat folder: the devkit's "
                      "ILSVRC2012_validation_ground_truth.txt or Kaggle's LOC_val_solution.csv (default: looked "
                      "for beside DIR and up to 4 folders above it).", exists=True, dir_okay=False, resolve_path=True),
+    ] = None,
+    real_labels: Annotated[
+        Optional[Path],
+        typer.Option("--real-labels", help="ReaL's real.json for --dataset real (default: the copy shipped with "
+                     "mvit).", exists=True, dir_okay=False, resolve_path=True),
+    ] = None,
+    input_size: Annotated[
+        Optional[int],
+        typer.Option("--input-size", help="Crop size in pixels (default: the weight source's, 256).",
+                     show_default=False),
+    ] = None,
+    crop_pct: Annotated[
+        Optional[float],
+        typer.Option("--crop-pct", help="Crop's share of the resized shorter side: the shorter side is resized "
+                     "to floor(input size / crop pct) (default: the weight source's; timm 0.9).", show_default=False),
+    ] = None,
+    interpolation: Annotated[
+        Optional[Interpolation],
+        typer.Option("--interpolation", help="Resampling filter of the resize (default: the weight source's; timm "
+                     "bicubic).", show_default=False),
     ] = None,
     batch_size: BatchSizeOpt = None,
     workers: WorkersOpt = None,
@@ -62,7 +113,8 @@ def eval_command(
     predictions: Annotated[
         Optional[Path],
         typer.Option("--predictions", dir_okay=False,
-                     help="Write a CSV row per image: path, target index, top-5 indices and probabilities."),
+                     help="Write a CSV row per image: path, target (every correct class), top-5 indices and "
+                     "probabilities (R / A: among their 200 classes, numbered as in the 1000)."),
     ] = None,
     per_class: Annotated[
         Optional[Path],
@@ -71,192 +123,235 @@ def eval_command(
     cache_dir: CacheDirOpt = None,
     offline: OfflineOpt = False,
 ) -> int:
-    """Measure ImageNet top-1 / top-5 accuracy on a validation folder, next to the published numbers.
+    """Measure top-1 / top-5 accuracy on an ImageNet test set, next to the published numbers.
 
     The layout of DIR is detected and named in the output: one folder per class named by WordNet id; a flat
     folder with the devkit's ILSVRC2012_validation_ground_truth.txt; or a flat folder with Kaggle's
-    LOC_val_solution.csv. Images are preprocessed with the weight source's own evaluation protocol.
-    Images that cannot be decoded are listed on stderr and left out of the accuracy (exit code 3).
+    LOC_val_solution.csv. --dataset says which set it is (auto: V2, R and A are recognised by their folders,
+    anything else is ImageNet val): ReaL rescores val with its multi-label lists, R and A restrict the outputs
+    to their 200 classes. Images are preprocessed with the weight source's own evaluation protocol unless
+    --input-size, --crop-pct or --interpolation change it; published figures are shown only for that protocol.
+    Images that cannot be decoded are listed on stderr and left out of the accuracy (exit code 3); when every
+    image fails there is no accuracy (JSON top1/top5 null, exit code 3).
     Ctrl-C stops early and prints the result over the images done so far, marked partial (exit code 130).
 
     Examples:
 
       mvit eval /data/imagenet/val --variant xxs
 
-      mvit eval ILSVRC/Data/CLS-LOC/val --limit 5000 --format json
+      mvit eval /data/imagenet/val --dataset real --format json
+
+      mvit eval /data/imagenet-r --variant s
+
+      mvit eval --suite /data --variant xxs
+
+      mvit eval /data/imagenet/val --input-size 320 --crop-pct 1.0
 
       mvit eval val_flat --labels ILSVRC2012_validation_ground_truth.txt --predictions preds.csv
 
       torchrun --nproc-per-node 4 -m mvit_cli eval /data/imagenet/val
     """
-    from mvit_cli import distributed, loading, runners
-    from mvit_cli.cli import output
-    from mvit_cli.evaluation import loop as evaluation
-    from mvit_cli.evaluation import sets as evalsets
+    from mvit_cli.evaluation.resolution import Resolution
 
-    job, device_name = distributed.start_distributed(device.value)
+    wanted = Resolution(input_size, crop_pct, interpolation.value if interpolation else None)
+    wanted.check()
+    model_options = dict(variant=variant.value if variant else None, source=source.value if source else None,
+                         weights=weights, device=device.value, backend=backend.value, cache_dir=cache_dir,
+                         offline=offline)
+    run_options = dict(batch_size=batch_size, workers=workers, limit=limit, wanted=wanted,
+                       json_output=output_format is TableOrJson.json)
+    if suite is not None:
+        if directory is not None:
+            raise UsageError("give either DIR or --suite ROOT, not both")
+        if dataset is not Dataset.auto:
+            raise UsageError("--suite evaluates every set it finds; --dataset is for one DIR")
+        for option, value in (("--predictions", predictions), ("--per-class", per_class)):
+            if value is not None:
+                raise UsageError(f"{option} writes one set's rows; with --suite, evaluate that set on its own")
+        return _suite(suite, labels, real_labels, model_options, **run_options)
+    if directory is None:
+        raise UsageError("give the folder of the set to evaluate (DIR), or --suite ROOT")
+    return _one_set(directory, dataset.value, labels, real_labels, predictions, per_class, model_options,
+                    **run_options)
+
+
+def _one_set(directory: Path, dataset: str, labels: Path | None, real_labels: Path | None,
+             predictions: Path | None, per_class: Path | None, model_options: dict[str, Any], *,
+             batch_size: int | None, workers: int | None, limit: int | None, wanted, json_output: bool) -> int:
+    from mvit_cli import distributed
+    from mvit_cli.cli import eval_report, output, output_guard
+    from mvit_cli.evaluation import protocols
+
+    job, device_name = distributed.start_distributed(model_options["device"])
     is_main = job is None or job.is_main
     try:
+        protocol = protocols.protocol_named(dataset, directory)
+        if real_labels is not None and not protocol.real_labels:
+            raise UsageError(f"--real-labels is for --dataset real; {directory} is evaluated as {protocol.name}")
         # The folder is read before the model is loaded: a layout mistake is reported in a second, not a minute.
-        eval_set = evalsets.load_eval_set(directory, labels, limit)
-        model = loading.load_model(
-            variant.value if variant else None, source.value if source else None, weights, device_name,
-            backend=backend.value, cache_dir=cache_dir, offline=offline, progress=is_main, warn=output.warn,
-            expected_images=len(eval_set.items) // (job.world_size if job else 1),
-        )
-        batch_size = batch_size or runners.default_batch_size(model.device)
-        workers = runners.default_workers() if workers is None else workers
-        if job is not None and is_main:
-            processes = f"{job.world_size} process" + ("es" if job.world_size > 1 else "")
-            output.warn(f"evaluating {len(eval_set.items):,} images on {processes} "
-                        f"(torch.distributed, {job.backend}), {batch_size} images per batch each")
-
+        prepared = protocols.prepare(protocol, directory, labels, real_labels, limit)
+        # Before anything is loaded or opened: an output aimed at an image (of the whole folder, not only of a
+        # --limit subset), a label file or the weights, also through a hard link or a symlink, would destroy it,
+        # and two outputs in one file would corrupt both.
+        weights = model_options["weights"]
+        output_guard.refuse_unsafe_outputs({"--predictions": predictions, "--per-class": per_class},
+                                           [*prepared.inputs, *([weights] if weights else [])])
+        model, choice, batch_size, workers = _load(model_options, device_name, job, wanted, batch_size, workers,
+                                                   len(prepared.eval_set.items))
         with ExitStack() as files:
-            predictions_file = files.enter_context(_open_csv(predictions)) if predictions and is_main else None
             # Opened before the evaluation, not after: a bad path must not cost a finished run.
-            per_class_file = files.enter_context(_open_csv(per_class)) if per_class and is_main else None
+            predictions_file = files.enter_context(eval_report.open_csv(predictions)) if predictions and is_main \
+                else None
+            per_class_file = files.enter_context(eval_report.open_csv(per_class)) if per_class and is_main else None
             # Under torchrun every rank must ask for predictions (to send its own to rank 0); only rank 0 writes.
-            write_predictions = _predictions_writer(predictions_file) if predictions_file else _ignore
-            with _progress(is_main and output.progress_enabled(), job) as on_progress:
-                result = evaluation.evaluate(eval_set, model, batch_size, workers, job, on_progress,
-                                             write_predictions if predictions else None)
+            write = eval_report.predictions_writer(predictions_file) if predictions_file else _ignore
+            result = _evaluate(prepared, model, batch_size, workers, job, write if predictions else None)
             if not is_main:  # rank 0 reports; the others exit with the same code
-                return _exit_code(result)
+                return _exit_code([result])
             if per_class_file:
-                _write_per_class(per_class_file, result.tally)
+                eval_report.write_per_class(per_class_file, result.tally)
     finally:
         distributed.stop_distributed(job)
 
-    summary = _summary(eval_set, model, result, limit)
-    _report_failures(result)
-    if output_format is TableOrJson.json:
+    summary = eval_report.summary(prepared, model, choice, result, limit)
+    eval_report.report_failures(result)
+    if json_output:
         output.write_json(summary)
     else:
-        _print_table(summary, result, eval_set, model)
+        eval_report.print_table(summary, result, prepared, model, choice, detected=dataset == "auto")
     if result.partial:
         output.warn(f"interrupted: the result covers only the {result.tally.images} images done so far (partial)")
-    return _exit_code(result)
+    return _exit_code([result])
 
 
-def _exit_code(result) -> int:
-    """130 interrupted (partial result), 3 some images failed to decode, 0 otherwise. Under torchrun, torchrun
-    itself then exits 1 and prints its own failure summary naming this code."""
-    if result.partial:
+def _suite(root: Path, labels: Path | None, real_labels: Path | None, model_options: dict[str, Any], *,
+           batch_size: int | None, workers: int | None, limit: int | None, wanted, json_output: bool) -> int:
+    """Every set found under `root`, one after the other with one model; one table (or one JSON list)."""
+    from mvit_cli import distributed
+    from mvit_cli.cli import eval_report, output
+    from mvit_cli.errors import NoImagesError
+    from mvit_cli.evaluation import loop as evaluation
+    from mvit_cli.evaluation import protocols
+
+    found, missing = protocols.find_suite(root)
+    if not found:
+        places = ", ".join(sorted({f for p in protocols.PROTOCOLS.values() for f in p.suite_folders}))
+        raise NoImagesError(f"no test set under {root}; --suite looks for the folders {places}")
+    job, device_name = distributed.start_distributed(model_options["device"])
+    is_main = job is None or job.is_main
+    entries: list[tuple[Any, Any, Any]] = []  # (protocol, prepared or None, error message or None)
+    try:
+        for protocol, folder in found:
+            try:  # one unreadable set is reported and skipped; the others are still evaluated
+                prepared = protocols.prepare(protocol, folder, labels if protocol.flat else None,
+                                             real_labels if protocol.real_labels else None, limit)
+                entries.append((protocol, prepared, None))
+            except MvitError as exc:
+                entries.append((protocol, None, str(exc)))
+        if is_main:
+            for protocol in missing:
+                output.warn(f"{protocol.name}: not found (looked for "
+                            f"{' or '.join(str(root / f) for f in protocol.suite_folders)})")
+            for protocol, _, error in entries:
+                if error:
+                    output.warn(f"{protocol.name}: not evaluated: {error}")
+        readable = [(protocol, prepared) for protocol, prepared, error in entries if prepared is not None]
+        if not readable:
+            raise NoImagesError(f"none of the sets found under {root} could be read (see above)")
+        total = sum(len(prepared.eval_set.items) for _, prepared in readable)
+        model, choice, batch_size, workers = _load(model_options, device_name, job, wanted, batch_size, workers,
+                                                   total)
+        results: dict[str, Any] = {}
+        # Sets read from one folder (val: imagenet, real, r-clean, a-clean) share one pass over its images.
+        passes: dict[Path, list[tuple[Any, Any]]] = {}
+        for protocol, prepared in readable:
+            passes.setdefault(prepared.eval_set.root, []).append((protocol, prepared))
+        for sets in passes.values():
+            scorings = [evaluation.Scoring(prepared.eval_set.items, prepared.among) for _, prepared in sets]
+            label = ", ".join(protocol.name for protocol, _ in sets)
+            with _progress(is_main and output.progress_enabled(), job, label) as on_progress:
+                together = evaluation.evaluate_together(scorings, model, batch_size, workers, job, on_progress)
+            results.update((protocol.name, result) for (protocol, _), result in zip(sets, together))
+            if together[0].partial:
+                break  # Ctrl-C ends the suite, not only the sets being evaluated
+    finally:
+        distributed.stop_distributed(job)
+
+    code = _exit_code(list(results.values()), unreadable=any(error for _, _, error in entries))
+    if not is_main:
+        return code
+    summaries = []
+    eval_report.report_suite_failures(results)
+    for protocol, prepared, error in entries:
+        if error:
+            summaries.append(eval_report.error_summary(protocol, error))
+        elif protocol.name in results:
+            summaries.append(eval_report.summary(prepared, model, choice, results[protocol.name], limit))
+    if json_output:
+        output.write_json(summaries)
+    else:
+        eval_report.print_suite_table(summaries, model)
+        output.stdout_console().print(f"preprocessing: {choice.describe()}")
+    if any(result.partial for result in results.values()):
+        output.warn("interrupted: the suite stopped; the last set's result is partial and later sets were not run")
+    return code
+
+
+def _load(model_options: dict[str, Any], device_name: str, job, wanted, batch_size: int | None,
+          workers: int | None, images: int):
+    """The model with the chosen preprocessing, the protocol chosen, batch size and decoding threads."""
+    from mvit_cli import loading, runners
+    from mvit_cli.cli import output
+    from mvit_cli.evaluation.resolution import protocol_for
+
+    is_main = job is None or job.is_main
+    model = loading.load_model(
+        model_options["variant"], model_options["source"], model_options["weights"], device_name,
+        backend=model_options["backend"], cache_dir=model_options["cache_dir"], offline=model_options["offline"],
+        progress=is_main, warn=output.warn, expected_images=images // (job.world_size if job else 1),
+    )
+    choice = protocol_for(model.source, wanted)
+    model = replace(model, preprocessing=choice.preprocessing)  # a copy: the memoised model keeps its own
+    batch_size = batch_size or runners.default_batch_size(model.device)
+    workers = runners.default_workers() if workers is None else workers
+    if job is not None and is_main:
+        processes = f"{job.world_size} process" + ("es" if job.world_size > 1 else "")
+        output.warn(f"evaluating {images:,} images on {processes} "
+                    f"(torch.distributed, {job.backend}), {batch_size} images per batch each")
+    return model, choice, batch_size, workers
+
+
+def _evaluate(prepared, model, batch_size: int, workers: int, job, on_predictions):
+    from mvit_cli.cli import output
+    from mvit_cli.evaluation import loop as evaluation
+
+    is_main = job is None or job.is_main
+    with _progress(is_main and output.progress_enabled(), job) as on_progress:
+        return evaluation.evaluate(prepared.eval_set, model, batch_size, workers, job, on_progress, on_predictions,
+                                   among=prepared.among)
+
+
+def _exit_code(results, unreadable: bool = False) -> int:
+    """130 interrupted (partial result); 3 some images failed to decode (also every one of them: then there is
+    no accuracy) or, in a suite, a set could not be read; 0 otherwise. Under torchrun, torchrun itself then
+    exits 1 and prints its own failure summary naming this code."""
+    if any(result.partial for result in results):
         return EXIT_INTERRUPTED
-    return EXIT_PARTIAL if result.tally.failed else EXIT_OK
-
-
-def _summary(eval_set, model, result, limit: int | None) -> dict[str, Any]:
-    """The JSON result (schema documented in the README)."""
-    from mvit_cli import manifest
-
-    tally = result.tally
-    return {
-        "layout": eval_set.layout,
-        "variant": model.variant,
-        "source": model.source,
-        "images": tally.images,
-        "failed": tally.failed,
-        "top1": tally.top1_percent,
-        "top5": tally.top5_percent,
-        "seconds": round(result.seconds, 3),
-        "images_per_second": round(result.images_per_second, 2),
-        "published": manifest.published(model.variant),
-        "partial": result.partial,
-        "limit": limit,
-        "labels": str(eval_set.labels_file) if eval_set.labels_file else None,
-        "checkpoint": {"path": str(model.weights_path), "format": model.checkpoint_format},
-    }
-
-
-def _report_failures(result) -> None:
-    from mvit_cli.cli import output
-
-    for failure in result.failures:
-        output.warn(f"failed: {failure.path}: {failure.reason}")
-    if result.tally.failed:
-        output.warn(f"{result.tally.failed} image(s) could not be decoded and are left out of the accuracy")
-
-
-def _published_text(published: dict[str, Any], key: str) -> str:
-    """e.g. "68.94 timm · 69.02 mmpretrain": every published figure for `key` ("top1" or "top5")."""
-    figures = [f"{entry[key]:.2f} {name}" for name, entry in published.items()
-               if isinstance(entry, dict) and entry.get(key) is not None]
-    return f"(published: {' · '.join(figures)})" if figures else ""
-
-
-def _print_table(summary: dict[str, Any], result, eval_set, model) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from mvit_cli.cli import output
-
-    tally = result.tally
-    title = f"MobileViT-{model.variant.upper()} on ImageNet-1k validation"
-    if result.partial:
-        title += " [bold yellow](PARTIAL: interrupted)[/]"
-    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2, 0, 0))
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column()
-    full = " (the full set has 50,000)" if tally.images + tally.failed < 50_000 else ""
-    rows = [
-        ("layout", eval_set.title, ""),
-        ("labels", escape(str(eval_set.labels_file or "the folder names")), ""),
-        ("variant", model.variant, ""),
-        ("source", f"{model.source} ({model.checkpoint_format} checkpoint {escape(model.weights_path.name)})", ""),
-        ("images evaluated", f"{tally.images:,}", full),
-        ("failed", f"{tally.failed:,}", "(left out of the accuracy)" if tally.failed else ""),
-        ("top-1", f"{tally.top1_percent:.2f} %", _published_text(summary["published"], "top1")),
-        ("top-5", f"{tally.top5_percent:.2f} %", _published_text(summary["published"], "top5")),
-        ("time", f"{result.seconds:.1f} s", f"({result.world_size} processes)" if result.world_size > 1 else ""),
-        ("images/s", f"{result.images_per_second:.1f}", ""),
-    ]
-    for name, value, note in rows:
-        table.add_row(name, f"{value}  [dim]{note}[/]" if note else value)
-    output.stdout_console().print(table)
+    return EXIT_PARTIAL if unreadable or any(result.tally.failed for result in results) else EXIT_OK
 
 
 def _ignore(rows) -> None:
     pass
 
 
-def _open_csv(path: Path) -> TextIO:
-    return open(path, "w", newline="", encoding="utf-8")
-
-
-def _predictions_writer(file: TextIO):
-    from mvit_cli.metrics import TOP_K
-
-    writer = csv.writer(file)
-    writer.writerow(["path", "target", *(f"top{k}" for k in range(1, TOP_K + 1)),
-                     *(f"prob{k}" for k in range(1, TOP_K + 1))])
-
-    def write(rows) -> None:
-        for p in rows:
-            writer.writerow([str(p.path), p.target, *p.classes, *(f"{q:.6g}" for q in p.probabilities)])
-        file.flush()  # rows of an interrupted run are on disk
-
-    return write
-
-
-def _write_per_class(file: TextIO, tally) -> None:
-    from mvit_cli.labels import CLASSES
-    from mvit_cli.metrics import percent
-
-    writer = csv.writer(file)
-    writer.writerow(["index", "wnid", "name", "images", "top1_correct", "top5_correct", "top1", "top5"])
-    for c in tally.classes():
-        info = CLASSES[c.index]
-        writer.writerow([c.index, info.wnid, info.name, c.images, c.top1, c.top5,
-                         f"{percent(c.top1, c.images):.2f}", f"{percent(c.top5, c.images):.2f}"])
-
-
 class _progress:
     """A rich progress bar on stderr with running top-1 / top-5 and images/s; a no-op when nobody watches."""
 
-    def __init__(self, enabled: bool, job) -> None:
+    def __init__(self, enabled: bool, job, name: str | None = None) -> None:
         self.enabled = enabled
-        self.label = f"evaluating (rank 0 of {job.world_size})" if job else "evaluating"
+        self.label = f"evaluating {name}" if name else "evaluating"
+        if job:
+            self.label += f" (rank 0 of {job.world_size})"
 
     def __enter__(self):
         if not self.enabled:

@@ -17,22 +17,23 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from mvit_cli.distributed import Distributed
-from mvit_cli.evaluation.sets import EvalSet
-from mvit_cli.metrics import Tally, top_k
+from mvit_cli.evaluation.class_subsets import restricted_top_k
+from mvit_cli.evaluation.sets import EvalItem, EvalSet
+from mvit_cli.metrics import TOP_K, Tally, top_k
 
 
 @dataclass(frozen=True)
 class Prediction:
     position: int  # index of the image in EvalSet.items
     path: Path
-    target: int
-    classes: tuple[int, ...]  # top-5 class indices, most likely first
-    probabilities: tuple[float, ...]
+    targets: tuple[int, ...]  # every correct class (one, except for ReaL)
+    classes: tuple[int, ...]  # top-5 class indices (model output numbering), most likely first
+    probabilities: tuple[float, ...]  # softmax over the classes scored (all 1000, or the set's subset)
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,19 @@ ProgressCallback = Callable[[int, int, Tally], None]  # (images done incl. faile
 PredictionsCallback = Callable[[list[Prediction]], None]
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """One way to score images: which images (each with its correct classes) and which outputs compete."""
+
+    items: Sequence[EvalItem]
+    among: Sequence[int] | None = None  # output classes scored (ImageNet-R / -A's 200); None: all 1000
+
+
 @dataclass
 class _ShardState:
     tally: Tally = field(default_factory=Tally)
     failures: list[Failure] = field(default_factory=list)
     predictions: list[Prediction] = field(default_factory=list)
-    done: int = 0
 
 
 def evaluate(
@@ -75,39 +83,78 @@ def evaluate(
     job: Distributed | None = None,
     on_progress: ProgressCallback | None = None,
     on_predictions: PredictionsCallback | None = None,
+    among: Sequence[int] | None = None,
 ) -> EvalResult:
     """Evaluate this process's shard of `eval_set` and, under torchrun, merge all shards.
+
+    `among`: score only these output classes (ImageNet-R / -A's 200): top-1 / top-5 are taken among them and the
+    probabilities are a softmax over them. Each image counts as correct when a prediction is any of its
+    `EvalItem.correct` classes.
 
     `on_predictions` receives the per-image predictions: batch by batch in a single process; under torchrun
     all at once on the main process (in set order, gathered from every process), so there every process must
     pass one (or none), since each sends its shard's predictions. Ctrl-C ends the loop early and gives a
     result marked partial instead of raising.
     """
+    (result,) = evaluate_together([Scoring(eval_set.items, among)], model, batch_size, workers, job, on_progress,
+                                  on_predictions)
+    return result
+
+
+def evaluate_together(
+    scorings: Sequence[Scoring],
+    model,
+    batch_size: int,
+    workers: int,
+    job: Distributed | None = None,
+    on_progress: ProgressCallback | None = None,
+    on_predictions: PredictionsCallback | None = None,
+) -> list[EvalResult]:
+    """Several scorings of images that overlap (ImageNet val scored as val, ReaL, R-clean, A-clean) in one pass:
+    every image is decoded and run once, and counted in each scoring that holds it. One result per scoring, as
+    `evaluate` would give it (the time is that of the shared pass). `on_predictions`: one scoring only.
+    """
     from mvit_cli.pipeline.batching import iter_batches, run_batches
 
+    if on_predictions is not None and len(scorings) != 1:
+        raise ValueError("predictions are written for one scoring at a time")
+    # The images of all scorings, each once, and where each one sits in every scoring that holds it.
+    paths: list[Path] = []
+    members: list[list[tuple[int, int]]] = []  # per image: (scoring number, position in that scoring)
+    number_of: dict[Path, int] = {}
+    for s, scoring in enumerate(scorings):
+        for position, item in enumerate(scoring.items):
+            n = number_of.setdefault(item.path, len(paths))
+            if n == len(paths):
+                paths.append(item.path)
+                members.append([])
+            members[n].append((s, position))
+
     rank, world_size = (job.rank, job.world_size) if job else (0, 1)
-    positions = list(range(rank, len(eval_set.items), world_size))  # disjoint strided shards, none padded
-    items = [eval_set.items[p] for p in positions]
+    shard = list(range(rank, len(paths), world_size))  # disjoint strided shards, none padded
     stream_predictions = on_predictions if job is None else None
     keep_predictions = on_predictions is not None and job is not None
 
-    state = _ShardState()
-    partial = False
+    states = [_ShardState() for _ in scorings]
+    scored = [torch.tensor(sorted(s.among), dtype=torch.int64) if s.among is not None else None for s in scorings]
+    partial, done = False, 0
     start = time.perf_counter()
     # The published numbers were measured on the stored pixels: timm's and transformers' evaluation never apply
     # EXIF orientation, so neither does eval (classify does, since there the photo as displayed matters).
-    batches = iter_batches([item.path for item in items], model.preprocessing, batch_size, workers,
+    batches = iter_batches([paths[n] for n in shard], model.preprocessing, batch_size, workers,
                            exif_transpose=False)
     try:
         for batch, logits in run_batches(batches, model.run):  # [B, 3, S, S] -> [B, 1000]
             with _interrupts_deferred():
-                new = _count(batch, logits, items, positions, state)
-                if stream_predictions and new:
-                    stream_predictions(new)
-                elif keep_predictions:
-                    state.predictions.extend(new)
+                for s, scoring in enumerate(scorings):
+                    new = _count(batch, logits, shard, members, s, scoring, states[s], scored[s])
+                    if stream_predictions and new:
+                        stream_predictions(new)
+                    elif keep_predictions:
+                        states[s].predictions.extend(new)
+                done += len(batch.indices) + len(batch.failures)
             if on_progress:
-                on_progress(state.done, len(items), state.tally)
+                on_progress(done, len(shard), states[0].tally)
     except KeyboardInterrupt:
         partial = True
     finally:
@@ -117,45 +164,66 @@ def evaluate(
     seconds = time.perf_counter() - start
 
     if job is None:
-        return EvalResult(state.tally, state.failures, seconds, partial)
-    return _merge(job, state, seconds, partial, on_predictions if keep_predictions else None)
+        return [EvalResult(state.tally, state.failures, seconds, partial) for state in states]
+    return _merge(job, states, seconds, partial, on_predictions if keep_predictions else None)
 
 
-def _count(batch, logits: torch.Tensor | None, items, positions: list[int], state: _ShardState) -> list[Prediction]:
-    """Add one batch to the counts; returns its predictions."""
+def _count(batch, logits: torch.Tensor | None, shard: list[int], members: list[list[tuple[int, int]]], s: int,
+           scoring: Scoring, state: _ShardState, scored: torch.Tensor | None) -> list[Prediction]:
+    """Add scoring `s`'s part of one batch to its counts; returns its predictions."""
+
+    def mine(local: int) -> int | None:  # position in scoring s of the batch's image `local`, or None
+        return next((position for t, position in members[shard[local]] if t == s), None)
+
     for local, reason in batch.failures:
-        state.failures.append(Failure(positions[local], items[local].path, reason))
-    state.tally.failed += len(batch.failures)
-    state.done += len(batch.indices) + len(batch.failures)
+        position = mine(local)
+        if position is not None:
+            state.failures.append(Failure(position, scoring.items[position].path, reason))
+            state.tally.failed += 1
     if logits is None:
         return []
-    targets = torch.tensor([items[i].target for i in batch.indices], dtype=torch.int64)
-    classes, probabilities = top_k(logits)
+    rows, positions = [], []
+    for row, local in enumerate(batch.indices):
+        position = mine(local)
+        if position is not None:
+            rows.append(row)
+            positions.append(position)
+    if not rows:
+        return []
+    items = [scoring.items[p] for p in positions]
+    correct = [item.correct for item in items]
+    width = max(len(c) for c in correct)
+    targets = torch.tensor([list(c) + [-1] * (width - len(c)) for c in correct], dtype=torch.int64)
+    mine_logits = logits[rows] if len(rows) != len(logits) else logits
+    classes, probabilities = top_k(mine_logits) if scored is None else restricted_top_k(mine_logits, scored, TOP_K)
     state.tally.add(targets, classes)
     return [
-        Prediction(positions[local], items[local].path, items[local].target, tuple(c), tuple(p))
-        for local, c, p in zip(batch.indices, classes.tolist(), probabilities.tolist())
+        Prediction(p, item.path, c, tuple(k), tuple(q))
+        for p, item, c, k, q in zip(positions, items, correct, classes.tolist(), probabilities.tolist())
     ]
 
 
-def _merge(job: Distributed, state: _ShardState, seconds: float,
-           partial: bool, on_predictions: PredictionsCallback | None) -> EvalResult:
+def _merge(job: Distributed, states: list[_ShardState], seconds: float,
+           partial: bool, on_predictions: PredictionsCallback | None) -> list[EvalResult]:
     """Sum the counts of all processes; the main process gets every failure and prediction, in set order."""
     import torch.distributed as dist
 
-    state.tally.all_reduce(job.device)
+    for state in states:  # the same scorings in the same order on every process
+        state.tally.all_reduce(job.device)
     # The slowest process sets the time; one interrupted process makes the whole result partial.
     timing = torch.tensor([seconds, float(partial)], dtype=torch.float64, device=job.device)
     dist.all_reduce(timing, op=dist.ReduceOp.MAX)
     seconds, partial = float(timing[0]), bool(timing[1])
 
     shards: list = [None] * job.world_size
-    dist.all_gather_object(shards, (state.failures, state.predictions))
-    failures = sorted((f for shard_failures, _ in shards for f in shard_failures), key=lambda f: f.position)
-    if on_predictions and job.is_main:
-        on_predictions(sorted((p for _, shard_predictions in shards for p in shard_predictions),
-                              key=lambda p: p.position))
-    return EvalResult(state.tally, failures, seconds, partial, job.world_size)
+    dist.all_gather_object(shards, [(state.failures, state.predictions) for state in states])
+    results = []
+    for s, state in enumerate(states):
+        failures = sorted((f for shard in shards for f in shard[s][0]), key=lambda f: f.position)
+        if on_predictions and job.is_main:
+            on_predictions(sorted((p for shard in shards for p in shard[s][1]), key=lambda p: p.position))
+        results.append(EvalResult(state.tally, failures, seconds, partial, job.world_size))
+    return results
 
 
 @contextmanager
