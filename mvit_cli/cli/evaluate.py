@@ -179,8 +179,9 @@ def _one_set(directory: Path, dataset: str, labels: Path | None, real_labels: Pa
              predictions: Path | None, per_class: Path | None, model_options: dict[str, Any], *,
              batch_size: int | None, workers: int | None, limit: int | None, wanted, json_output: bool) -> int:
     from mvit_cli import distributed
-    from mvit_cli.cli import eval_report, output, output_guard
+    from mvit_cli.cli import eval_report, output
     from mvit_cli.evaluation import protocols
+    from mvit_cli.safe_output import check_distinct, check_output, identity
 
     job, device_name = distributed.start_distributed(model_options["device"])
     is_main = job is None or job.is_main
@@ -194,8 +195,11 @@ def _one_set(directory: Path, dataset: str, labels: Path | None, real_labels: Pa
         # --limit subset), a label file or the weights, also through a hard link or a symlink, would destroy it,
         # and two outputs in one file would corrupt both.
         weights = model_options["weights"]
-        output_guard.refuse_unsafe_outputs({"--predictions": predictions, "--per-class": per_class},
-                                           [*prepared.inputs, *([weights] if weights else [])])
+        check_distinct({"--predictions": predictions, "--per-class": per_class})
+        protected = {identity(path) for path in (*prepared.inputs, *([weights] if weights else []))}
+        for role, path in (("--predictions", predictions), ("--per-class", per_class)):
+            if path is not None:
+                check_output(path, role, protected, "one of the set's images, its label file or the weights")
         model, choice, batch_size, workers = _load(model_options, device_name, job, wanted, batch_size, workers,
                                                    len(prepared.eval_set.items))
         with ExitStack() as files:
