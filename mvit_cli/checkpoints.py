@@ -25,7 +25,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from mvit_cli.errors import CheckpointError
+from mvit_cli.errors import CheckpointError, VariantMismatchError
 from mvit_cli.manifest import title
 from mvit_cli.model import VARIANTS, MobileViT, build_model
 
@@ -369,11 +369,6 @@ def infer_variant(canonical_state_dict: Mapping[str, torch.Tensor]) -> str:
 
 def _check_fits(canonical: Mapping[str, torch.Tensor], variant: str, inferred: str, fmt: str) -> None:
     shapes = expected_shapes(variant)
-    if inferred != variant:
-        raise CheckpointError(
-            f"checkpoint is for {title(inferred)} but --variant {variant} was asked "
-            f"({title(variant)}); pass --variant {inferred} or leave --variant out"
-        )
     missing = sorted(k for k in shapes if k not in canonical)
     unexpected = sorted(k for k in canonical if k not in shapes)
     if missing or unexpected:
@@ -425,6 +420,8 @@ def load_checkpoint(path: Path, variant: str | None = None) -> Checkpoint:
     canonical = to_canonical(tensors, fmt)
     inferred = infer_variant(canonical)
     variant = variant or inferred
+    if inferred != variant:
+        raise VariantMismatchError(path, inferred, variant)
     try:
         _check_fits(canonical, variant, inferred, fmt)
         _check_values(canonical)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mvit_cli.errors import MvitError, UsageError
+from mvit_cli.errors import ExportParityError, UsageError
 from mvit_cli.folding import fold_batchnorm
 from mvit_cli.safe_output import check_output
 
@@ -148,10 +148,6 @@ class ExportResult:
 PARITY_TOLERANCE = 1e-4
 
 
-class ExportParityError(MvitError):
-    """An export that loads back but does not compute what the model computes."""
-
-
 def export(model: nn.Module, fmt: str, path: Path, height: int = 256, width: int = 256,
            verify: bool = True) -> ExportResult:
     """Export `model` in `fmt` ("onnx" or "torchscript") to `path`, then reload it and measure its parity.
@@ -169,10 +165,7 @@ def export(model: nn.Module, fmt: str, path: Path, height: int = 256, width: int
     diff, checker = (max_abs_diff(model, fmt, path, height, width) if verify else (None, None))
     if diff is not None and not diff <= PARITY_TOLERANCE:  # `not <=`: NaN fails too
         path.unlink(missing_ok=True)
-        raise ExportParityError(
-            f"the {fmt} export disagrees with the PyTorch model (max |logit difference| {diff:.2e} with "
-            f"{checker}, allowed {PARITY_TOLERANCE:.0e}), so {path} was removed; --no-check writes it unchecked"
-        )
+        raise ExportParityError(fmt, path, diff, checker, PARITY_TOLERANCE)
     return ExportResult(path, fmt, _variant_of(model), (height, width), path.stat().st_size, diff, checker)
 
 

@@ -183,7 +183,14 @@ def test_other_variant_names_both_variants(tmp_path, xs_state):
     path = tmp_path / "xs.safetensors"
     save_file(xs_state, str(path), metadata={"format": "mvit", "variant": "xs", "source": "timm"})
     message = load_error(path, variant="s")
-    assert "MobileViT-XS" in message and "--variant s" in message
+    assert "MobileViT-XS" in message and "MobileViT-S was asked" in message
+    # The CLI names the flag that fixes it.
+    from typer.testing import CliRunner
+
+    from mvit_cli.cli.main import app
+
+    result = CliRunner().invoke(app, ["classify", str(path), "--weights", str(path), "--variant", "s"])
+    assert result.exit_code == 1 and "--variant s was given; pass --variant xs" in result.output
     assert load_checkpoint(path).variant == "xs"  # without --variant, it just loads
 
 

@@ -14,7 +14,8 @@ import typer
 from typer.core import TyperGroup
 
 from mvit_cli import __version__
-from mvit_cli.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, MvitError, Terminated
+from mvit_cli.cli._errors import describe
+from mvit_cli.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, Terminated
 
 
 class _State:
@@ -29,19 +30,6 @@ def _fail(message: str, code: int) -> int:
 
     typer.echo(f"mvit: error: {printable(message)}", err=True)
     return code
-
-
-def _friendly(exc: BaseException) -> tuple[str, int] | None:
-    """Message and exit code for errors a user can cause; None for a bug in mvit."""
-    if isinstance(exc, MvitError):
-        return str(exc), exc.exit_code
-    if isinstance(exc, PermissionError):
-        return f"permission denied: {exc.filename or exc}", EXIT_USAGE
-    if isinstance(exc, FileNotFoundError):
-        return f"no such file: {exc.filename or exc}", EXIT_USAGE
-    if isinstance(exc, OSError) and exc.errno == 28:
-        return "no space left on device", EXIT_USAGE
-    return None
 
 
 class MvitGroup(TyperGroup):
@@ -69,7 +57,7 @@ class MvitGroup(TyperGroup):
         except (typer.Abort, KeyboardInterrupt):
             code = EXIT_INTERRUPTED
         except Exception as exc:
-            friendly = _friendly(exc)
+            friendly = describe(exc)
             if debug:
                 traceback.print_exc()
             if friendly is not None:

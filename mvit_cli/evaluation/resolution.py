@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, replace
 
 from mvit_cli import manifest
-from mvit_cli.errors import UsageError
+from mvit_cli.errors import InvalidValueError
 from mvit_cli.preprocess import Preprocessing
 
 INTERPOLATIONS = ("bicubic", "bilinear")
@@ -30,14 +30,14 @@ class Resolution:
     interpolation: str | None = None
 
     def check(self) -> None:
-        """Raise UsageError for values no protocol can have (before any work is done)."""
+        """Raise InvalidValueError for values no protocol can have (before any work is done)."""
         if self.input_size is not None and not MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE:
-            raise UsageError(f"--input-size {self.input_size}: must be {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels")
+            raise InvalidValueError("input_size", self.input_size, f"must be {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels")
         if self.crop_pct is not None and not MIN_CROP_PCT <= self.crop_pct <= 1.0:
-            raise UsageError(f"--crop-pct {self.crop_pct:g}: must be {MIN_CROP_PCT} to 1 (the crop's share of the "
-                             "resized shorter side)")
+            raise InvalidValueError("crop_pct", f"{self.crop_pct:g}", f"must be {MIN_CROP_PCT} to 1 (the crop's share "
+                                    "of the resized shorter side)")
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
-            raise UsageError(f"--interpolation {self.interpolation}: expected {' or '.join(INTERPOLATIONS)}")
+            raise InvalidValueError("interpolation", self.interpolation, f"expected {' or '.join(INTERPOLATIONS)}")
 
 
 @dataclass(frozen=True)

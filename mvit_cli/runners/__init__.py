@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mvit_cli.errors import UsageError
+from mvit_cli.errors import BackendDeviceError, UsageError
 from mvit_cli.runners.base import Pending, PerCorePool, Runner
 from mvit_cli.runners.devices import DEFAULT_BATCH_SIZE, default_batch_size, resolve_device
 from mvit_cli.runners.onnxruntime import OnnxRuntimeRunner
@@ -41,7 +41,7 @@ def prepare(model: nn.Module, device: torch.device, backend: str = "torch", *,
         raise UsageError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
         if device.type != "cpu":
-            raise UsageError("the onnxruntime backend runs on the CPU only; use --device cpu or --backend torch")
+            raise BackendDeviceError(backend, device.type)
         return OnnxRuntimeRunner(model, weights_path=weights_path, export_dir=export_dir, threads=cpu_threads())
     if device.type == "cpu":
         return TorchCpuRunner(model, trace=worth_tracing(expected_images))

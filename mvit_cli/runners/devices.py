@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mvit_cli.errors import UsageError
+from mvit_cli.errors import DeviceUnavailableError
 
 # Default images per batch when the user gives none. On the CPU the batch is split per core anyway, so this only
 # sets how often the pipeline hands work over: end-to-end classify on 300 JPEGs (2 cores, XXS) ran at 103, 108
@@ -24,9 +24,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but this torch build sees no CUDA GPU; use --device cpu")
+        raise DeviceUnavailableError("cuda", "this torch build sees no CUDA GPU")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps was asked for, but MPS is not available here; use --device cpu")
+        raise DeviceUnavailableError("mps", "MPS is not available here")
     return device
 
 
