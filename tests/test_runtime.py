@@ -69,11 +69,11 @@ def test_a_job_too_small_to_repay_tracing_runs_eagerly(model):
     small = runners.prepare(model, cpu, expected_images=runners.TRACE_MIN_IMAGES - 1)
     x = structured_images(3, 64, seed=4)
     assert (small(x) - reference(model, x)).abs().max() <= TOLERANCE
-    assert not small.trace and small._traced == {} and "eager" in small.description
+    assert not small.trace and small.traced_shapes == [] and "eager" in small.description
     for expected in (None, runners.TRACE_MIN_IMAGES, 50_000):  # unknown (bench) or big enough: traced
         runner = runners.prepare(model, cpu, expected_images=expected)
         runner(x)
-        assert runner.trace and len(runner._traced) == 1
+        assert runner.trace and len(runner.traced_shapes) == 1
 
 
 def test_per_core_pool_leaves_the_callers_thread_count_alone(model):
@@ -87,7 +87,7 @@ def test_per_core_pool_threads_stay_single_threaded_after_running(model):
     # op, so every pool thread ran its own multi-threaded OpenMP team (oversubscribed cores, 2.6x slower).
     runner = runners.TorchCpuRunner(model, threads=2)
     runner(structured_images(4, 64, seed=3))
-    assert runner._pool.worker_thread_counts() == [1, 1]
+    assert runner.worker_thread_counts() == [1, 1]
 
 
 def test_empty_batch_gives_empty_logits(torch_runner):
@@ -354,7 +354,7 @@ def test_one_trace_serves_every_batch_size_above_one(model):
         out = runner(x)
         assert out.shape == (n, 1000)
         assert (out - reference(model, x)).abs().max() <= TOLERANCE
-    assert len(runner._traced) == 1
+    assert len(runner.traced_shapes) == 1
 
 
 def test_a_lone_last_image_borrows_the_chunks_trace_instead_of_tracing_its_own(model):
@@ -363,11 +363,11 @@ def test_a_lone_last_image_borrows_the_chunks_trace_instead_of_tracing_its_own(m
     x = structured_images(5, 64, seed=40)
     runner(x[:4])
     out = runner(x[4:])
-    assert len(runner._traced) == 1
+    assert len(runner.traced_shapes) == 1
     assert (out - reference(model, x[4:])).abs().max() <= TOLERANCE
     fresh = runners.TorchCpuRunner(model, threads=2, micro_batch=2)
     single = fresh(x[4:])  # no chunk graph yet: a single image still runs on the chunk's (padded), never its own
-    assert sorted(key[0] for key in fresh._traced) == [2]
+    assert sorted(key[0] for key in fresh.traced_shapes) == [2]
     assert torch.equal(single, out)  # the same bits as the lone last image of the longer run
 
 
@@ -378,7 +378,7 @@ def test_a_single_core_runner_also_runs_every_batch_size_on_one_trace(model):
     for n in (4, 8, 5, 3):
         x = structured_images(n, 64, seed=50 + n)
         assert (runner(x) - reference(model, x)).abs().max() <= TOLERANCE
-    assert [key[0] for key in runner._traced] == [2]
+    assert [key[0] for key in runner.traced_shapes] == [2]
 
 
 def test_same_shape_chunks_pads_the_last_chunk_with_its_last_image():
@@ -389,19 +389,15 @@ def test_same_shape_chunks_pads_the_last_chunk_with_its_last_image():
     assert all(c.is_contiguous(memory_format=torch.channels_last) for c in chunks)
 
 
-def test_a_batch_no_bigger_than_one_chunk_runs_on_all_cores_not_on_one_pool_thread(model, monkeypatch):
+def test_a_batch_no_bigger_than_one_chunk_runs_on_all_cores_not_on_one_pool_thread(model):
     # Regression: with two images per chunk, a batch of two became one chunk on one single-threaded pool thread
     # while the other core idled. It runs on the calling thread with every core, at the chunk's own shape.
     runner = runners.TorchCpuRunner(model, threads=2, micro_batch=2)
-    used_pool = []
-    real_submit = runner._pool.submit
-    monkeypatch.setattr(runner._pool, "submit",
-                        lambda fn, chunks, size: used_pool.append(len(chunks)) or real_submit(fn, chunks, size))
     for n in (1, 2, 3):
         x = structured_images(n, 64, seed=30 + n)
         assert (runner(x) - reference(model, x)).abs().max() <= TOLERANCE
-    assert used_pool == [2]  # only the batch of three was split
-    assert sorted(key[0] for key in runner._traced) == [2]  # one and two images share the chunks' trace
+    assert runner.chunks_submitted == 2  # only the batch of three was split (into two chunks)
+    assert sorted(key[0] for key in runner.traced_shapes) == [2]  # one and two images share the chunks' trace
 
 
 @pytest.mark.parametrize("trace", [True, False], ids=["traced", "eager"])

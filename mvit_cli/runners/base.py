@@ -61,6 +61,7 @@ class PerCorePool:
 
     def __init__(self, threads: int):
         self.threads = threads
+        self.chunks_submitted = 0
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -89,6 +90,7 @@ class PerCorePool:
     def submit(self, fn: Callable[[torch.Tensor], torch.Tensor], chunks: list[torch.Tensor], size: int) -> Pending:
         """`fn` on every chunk, queued behind any chunks already queued; the first `size` rows of the results."""
         pool = self._start()
+        self.chunks_submitted += len(chunks)
         return Pending([pool.submit(fn, chunk) for chunk in chunks], size)
 
     def worker_thread_counts(self) -> list[int]:

@@ -98,6 +98,21 @@ class TorchCpuRunner(Runner):
             return f"{base}, one call on all {self.threads} core(s){padded}"
         return self.description
 
+    @property
+    def traced_shapes(self) -> list[tuple[int, ...]]:
+        """The input shapes this runner has traced a graph for, least recently used first."""
+        with self._trace_lock:
+            return list(self._traced)
+
+    def worker_thread_counts(self) -> list[int]:
+        """torch's thread count as each per-core pool thread sees it (a diagnostic: every entry should be 1)."""
+        return self._pool.worker_thread_counts() if self._pool is not None else [torch.get_num_threads()]
+
+    @property
+    def chunks_submitted(self) -> int:
+        """Chunks handed to the per-core pool so far (batches bigger than one chunk go there)."""
+        return self._pool.chunks_submitted if self._pool is not None else 0
+
     def _graph_for(self, x: torch.Tensor) -> Callable:
         """The traced graph for x's shape (traced on first sight), or the folded module if tracing fails."""
         if not self.trace:
