@@ -171,6 +171,11 @@ class Classifier:
             return state.by_trace[trace]
 
     @property
+    def loaded(self) -> bool:
+        """Whether the weights are loaded in this process yet (a pickled classifier loads on first use)."""
+        return self._state is not None
+
+    @property
     def model(self) -> loading.LoadedModel:
         """The loaded model: its runner, the plain module, variant, source, preprocessing, device ..."""
         return self._ensure_loaded().model

@@ -145,7 +145,7 @@ def test_info_is_what_mvit_info_prints(classifier):
 
 def _classify_in_child(payload: bytes, paths: list[str]) -> list[dict]:
     classifier = pickle.loads(payload)
-    assert classifier._state is None  # nothing loaded until used
+    assert not classifier.loaded  # nothing loaded until used
     return [r.to_dict() for r in classifier.classify(paths)]
 
 
