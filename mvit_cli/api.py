@@ -67,6 +67,7 @@ class _LoadSpec:
     backend: str
     cache_dir: str | None
     offline: bool
+    dtype: str = "float32"
 
 
 @dataclass
@@ -79,7 +80,7 @@ class _State:
 
 def load(variant: str | None = None, source: str | None = None, weights: str | os.PathLike | None = None,
          device: str = "auto", backend: str = "torch", cache_dir: str | os.PathLike | None = None,
-         offline: bool = False, *, warn: Warn | None = None, progress: bool = False,
+         offline: bool = False, dtype: str = "float32", *, warn: Warn | None = None, progress: bool = False,
          expected_images: int | None = None) -> Classifier:
     """A ready `Classifier`: the weights found (cache or `weights` file; downloaded once if needed, unless
     `offline`), verified, loaded and prepared for `device`.
@@ -89,6 +90,9 @@ def load(variant: str | None = None, source: str | None = None, weights: str | o
     weights: a checkpoint file (timm, transformers, ml-cvnets or mvit format) instead of the cache.
     device: "auto", "cpu", "cuda" or "mps". backend: "torch" or "onnxruntime" (CPU, optional extra).
     cache_dir: the weight cache folder (default: MVIT_CACHE, else the Hugging Face cache).
+    dtype: "float32" (default: the published numbers' precision), "bfloat16" or "float16" where the device runs it
+    natively (refused elsewhere: DtypeUnsupportedError), or "auto" for the fastest such one. The classifier's
+    `dtype` says what it runs in.
     warn: hears of what happens on the way (a download started, a damaged copy deleted); default: the "mvit"
     logger. progress: show huggingface_hub's download bar. expected_images: how many images will be classified,
     when known: a job of fewer than 100 skips the model's one-time tracing (~0.5 s), which only pays off later.
@@ -96,7 +100,7 @@ def load(variant: str | None = None, source: str | None = None, weights: str | o
     Raises `mvit_cli.errors.MvitError` subclasses with a message for the user: WeightsUnavailableError,
     IntegrityError, CheckpointError, UsageError.
     """
-    classifier = Classifier(variant, source, weights, device, backend, cache_dir, offline)
+    classifier = Classifier(variant, source, weights, device, backend, cache_dir, offline, dtype)
     classifier._ensure_loaded(warn=warn, progress=progress, expected_images=expected_images)
     return classifier
 
@@ -116,9 +120,9 @@ class Classifier:
 
     def __init__(self, variant: str | None = None, source: str | None = None,
                  weights: str | os.PathLike | None = None, device: str = "auto", backend: str = "torch",
-                 cache_dir: str | os.PathLike | None = None, offline: bool = False):
+                 cache_dir: str | os.PathLike | None = None, offline: bool = False, dtype: str = "float32"):
         self._spec = _LoadSpec(variant, source, None if weights is None else os.fspath(weights), device, backend,
-                               None if cache_dir is None else os.fspath(cache_dir), offline)
+                               None if cache_dir is None else os.fspath(cache_dir), offline, dtype)
         self._state: _State | None = None
         self._load_lock = threading.Lock()
 
@@ -145,7 +149,7 @@ class Classifier:
         return loading.load_model(
             spec.variant, spec.source, None if spec.weights is None else Path(spec.weights), spec.device,
             backend=spec.backend, cache_dir=None if spec.cache_dir is None else Path(spec.cache_dir),
-            offline=spec.offline, progress=progress, expected_images=expected_images, warn=warn,
+            offline=spec.offline, progress=progress, expected_images=expected_images, warn=warn, dtype=spec.dtype,
         )
 
     def _ensure_loaded(self, warn: Warn | None = None, progress: bool = False,
@@ -196,6 +200,11 @@ class Classifier:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def dtype(self) -> str:
+        """The precision the model runs in: "float32", "bfloat16" or "float16" ("auto" resolved)."""
+        return self.model.dtype
 
     @property
     def weights_path(self) -> Path:
@@ -324,7 +333,7 @@ class Classifier:
             if state.features is None:  # traced or not by the first job's size (embeddings are compared with
                 model = state.model     # a tolerance anyway, never digit for digit)
                 state.features = runners.prepare(PooledFeatures(model.module), model.device, "torch",
-                                                 expected_images=total)
+                                                 expected_images=total, dtype=model.dtype)
         return state.features
 
     # ------------------------------------------------------------------------------------------ tensors

@@ -35,6 +35,7 @@ class BenchResult:
     input_size: list[int]  # [height, width]
     weights: str  # the weights file, or "random"
     runner: str  # how the model runs (the runner's description)
+    dtype: str  # the precision it runs in
     threads: int  # torch intra-op threads of this process
     setup_s: float  # preparing the runner + its first call (tracing / export / session)
     warmup: int
@@ -170,6 +171,7 @@ def bench(
     repetitions: int = 10,
     min_seconds: float = 2.0,
     cache_dir: Path | None = None,
+    dtype: str = "float32",
 ) -> BenchResult:
     """Measure one (variant, batch size, backend, device). Never downloads: cached weights, `weights`, or
     random weights (reported as "random")."""
@@ -177,12 +179,13 @@ def bench(
 
     model, weights_label, weights_path, variant = _model_for(variant, weights, source, cache_dir)
     target = runners.resolve_device(device)
+    dtype = runners.resolve_dtype(dtype, target, backend)
     batch_size = batch_size or runners.default_batch_size(target)
     size = input_size or model.cfg.default_input_size
     batch = example_batch(batch_size, size, size)
 
     t0 = time.perf_counter()
-    runner = runners.prepare(model, target, backend, weights_path=weights_path)
+    runner = runners.prepare(model, target, backend, weights_path=weights_path, dtype=dtype)
     prepare_s = time.perf_counter() - t0
     first_s, summary, load, timed = measure(runner, batch, warmup, repetitions, min_seconds)
     return BenchResult(
@@ -193,6 +196,7 @@ def bench(
         input_size=[size, size],
         weights=weights_label,
         runner=runner.describe(batch_size),
+        dtype=dtype,
         threads=torch.get_num_threads(),
         setup_s=prepare_s + first_s,
         warmup=warmup,

@@ -28,12 +28,13 @@ class LoadedModel:
     device: torch.device
     backend: str
     weights_path: Path
+    dtype: str = "float32"  # the precision the model runs in ("float32", "bfloat16", "float16")
 
 
 _loaded: dict[tuple, LoadedModel] = {}
 
 
-def _memo_key(variant, source, weights, device, backend, cache_dir, offline, trace) -> tuple:
+def _memo_key(variant, source, weights, device, backend, cache_dir, offline, trace, dtype) -> tuple:
     """What decides which model `load_model` returns: the weight file's identity, not just its name."""
     if weights is not None:
         stat = Path(weights).stat()
@@ -41,7 +42,7 @@ def _memo_key(variant, source, weights, device, backend, cache_dir, offline, tra
     else:
         # The cache folder as resolved now (HF_HOME / MVIT_CACHE may change between calls in one process).
         origin = ("cache", str(store.cache_root(cache_dir)), offline)
-    return (variant, source, device, backend, trace, *origin)
+    return (variant, source, device, backend, trace, dtype, *origin)
 
 
 def find_checkpoint(variant: str | None = None, source: str | None = None, weights: Path | None = None,
@@ -73,6 +74,7 @@ def load_model(
     progress: bool = True,
     expected_images: int | None = None,
     warn: Callable[[str], None] | None = None,
+    dtype: str = "float32",
 ) -> LoadedModel:
     """Load (download if needed, verify, convert) the weights and prepare the model. Memoised per process.
 
@@ -80,17 +82,21 @@ def load_model(
     that of the detected checkpoint format unless `source` says otherwise. Without, the manifest's file for
     (variant, source) is taken from the cache or downloaded. `expected_images`: how many images the caller
     will run, when it knows (a small job skips tracing, see `runners.TRACE_MIN_IMAGES`). `warn` hears of what
-    happens in the weight store on the way (`store.resolve_weights`).
+    happens in the weight store on the way (`store.resolve_weights`). `dtype`: "float32" (default), "bfloat16",
+    "float16", or "auto" (the best the device runs natively); one the device does not run natively is refused
+    before anything is loaded (`runners.resolve_dtype`).
     """
+    target = runners.resolve_device(device)
+    dtype = runners.resolve_dtype(dtype, target, backend)
     key = _memo_key(variant, source, weights, device, backend, cache_dir, offline,
-                    runners.worth_tracing(expected_images))
+                    runners.worth_tracing(expected_images), dtype)
     if key in _loaded:
         return _loaded[key]
     checkpoint, path, source = find_checkpoint(variant, source, weights, cache_dir, offline, progress, warn)
 
-    target = runners.resolve_device(device)
     loaded = LoadedModel(
-        run=runners.prepare(checkpoint.model, target, backend, weights_path=path, expected_images=expected_images),
+        run=runners.prepare(checkpoint.model, target, backend, weights_path=path, expected_images=expected_images,
+                            dtype=dtype),
         module=checkpoint.model,
         variant=checkpoint.variant,
         source=source,
@@ -99,6 +105,7 @@ def load_model(
         device=target,
         backend=backend,
         weights_path=path,
+        dtype=dtype,
     )
     _loaded[key] = loaded
     return loaded

@@ -154,6 +154,8 @@ class MobileViTBlock(nn.Module):
         self.fusion = ConvBNAct(2 * channels, channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The block may run in bfloat16 / float16 (runners/precision.py): its input follows its weights' dtype and
+        # its output goes back to the input's. Cast only when they differ, so a float32 trace holds no cast at all.
         shortcut = x
         x = self.to_tokens(self.local(x))  # [B, C, H, W] -> [B, d, H, W]
         B, d, H, W = x.shape
@@ -167,7 +169,12 @@ class MobileViTBlock(nn.Module):
         nh, nw = Hp // p, Wp // p
         # unfold: [B, d, nh*p, nw*p] -> [B, d, nh, p, nw, p] -> [B, p, p, nh, nw, d] -> [B*P, N, d]
         tokens = x.reshape(B, d, nh, p, nw, p).permute(0, 3, 5, 2, 4, 1).reshape(B * p * p, nh * nw, d)
+        dtype, inner = tokens.dtype, self.transformer[0].attn.qkv.weight.dtype
+        if dtype != inner:
+            tokens = tokens.to(inner)
         tokens = self.norm(self.transformer(tokens))
+        if dtype != inner:
+            tokens = tokens.to(dtype)
         # fold: [B*P, N, d] -> [B, p, p, nh, nw, d] -> [B, d, nh, p, nw, p] -> [B, d, Hp, Wp]
         x = tokens.reshape(B, p, p, nh, nw, d).permute(0, 5, 3, 1, 4, 2).reshape(B, d, Hp, Wp)
         if resized:

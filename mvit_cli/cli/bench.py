@@ -13,6 +13,8 @@ from mvit_cli.cli._options import (
     CacheDirOpt,
     Device,
     DeviceOpt,
+    Dtype,
+    DtypeOpt,
     SourceOpt,
     TableOrJson,
     TableOrJsonOpt,
@@ -29,6 +31,7 @@ def bench_command(
     variant: VariantOpt = None,
     batch_size: BatchSizeOpt = None,
     backend: BackendOpt = Backend.torch,
+    dtype: DtypeOpt = Dtype.float32,
     device: DeviceOpt = Device.auto,
     weights: WeightsOpt = None,
     source: SourceOpt = None,
@@ -52,7 +55,7 @@ def bench_command(
     Latency and images/s are medians with their 10th-90th percentile spread; "background load" is how many
     cores other processes kept busy meanwhile (Linux), so a noisy measurement shows itself.
 
-    JSON keys: variant, batch_size, backend, device, input_size, weights, runner, threads, setup_s, warmup,
+    JSON keys: variant, batch_size, backend, device, input_size, weights, runner, dtype, threads, setup_s, warmup,
     repetitions (calls timed), min_repetitions, min_seconds, latency_ms (median per batch), latency_ms_p10/p90,
     ms_per_image, images_per_second (median), images_per_second_p10/p90, background_load, versions.
 
@@ -81,6 +84,7 @@ def bench_command(
         repetitions=repetitions,
         min_seconds=min_seconds,
         cache_dir=cache_dir,
+        dtype=dtype.value,
     )
     output.Output(output_format.value).emit(result.to_dict(), lambda data: _print_table(result))
 
@@ -100,6 +104,7 @@ def _print_table(result) -> None:
     load = "n/a" if result.background_load is None else f"{result.background_load:.2f} cores"
     rows = [
         ("backend", f"{result.backend} on {result.device}: {result.runner}"),
+        ("precision", result.dtype),
         *([("torch threads", str(result.threads))] if result.backend == "torch" else []),
         ("weights", weights),
         ("batch", f"{result.batch_size} x 3 x {result.input_size[0]} x {result.input_size[1]}"),

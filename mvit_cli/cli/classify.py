@@ -18,6 +18,8 @@ from mvit_cli.cli._options import (
     CacheDirOpt,
     Device,
     DeviceOpt,
+    Dtype,
+    DtypeOpt,
     DownloadTimeoutOpt,
     FilesFromOpt,
     MaxDownloadOpt,
@@ -83,6 +85,7 @@ def classify_command(
     ] = Decoding.exact,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = Backend.torch,
+    dtype: DtypeOpt = Dtype.float32,
     output_format: Annotated[
         ClassifyFormat,
         typer.Option("--format", "-f", help="table (for people), or json, jsonl, csv (for programs)."),
@@ -158,9 +161,12 @@ def classify_command(
         skip = broadcast_from_main(done.paths if done else None, job.distributed)
         classifier = api.load(
             variant.value if variant else None, source.value if source else None, weights, job.device,
-            backend.value, cache_dir, offline, warn=output.warn, progress=job.is_main and output.progress_enabled(),
+            backend.value, cache_dir, offline, dtype.value, warn=output.warn,
+            progress=job.is_main and output.progress_enabled(),
             expected_images=inputs.count,
         )
+        if dtype is Dtype.auto and job.is_main:
+            output.warn(f"--dtype auto: running in {classifier.dtype}")
         with job.signals(), inputs.stream() as stream:
             todo = not_done(stream, skip) if skip else stream
             batches = classifier.iter_classify_batches(

@@ -15,6 +15,8 @@ from mvit_cli.cli._options import (
     CacheDirOpt,
     Device,
     DeviceOpt,
+    Dtype,
+    DtypeOpt,
     DownloadTimeoutOpt,
     FilesFromOpt,
     MaxDownloadOpt,
@@ -49,6 +51,7 @@ def embed_command(
     workers: WorkersOpt = None,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = Backend.torch,
+    dtype: DtypeOpt = Dtype.float32,
     files_from: FilesFromOpt = None,
     max_download_mb: MaxDownloadOpt = 50.0,
     download_timeout: DownloadTimeoutOpt = 30.0,
@@ -91,8 +94,11 @@ def embed_command(
         check_output(output_file, "--output", protected)
         classifier = api.load(
             variant.value if variant else None, source.value if source else None, weights, job.device,
-            backend.value, cache_dir, offline, warn=output.warn, progress=job.is_main and output.progress_enabled(),
+            backend.value, cache_dir, offline, dtype.value, warn=output.warn,
+            progress=job.is_main and output.progress_enabled(),
         )
+        if dtype is Dtype.auto and job.is_main:
+            output.warn(f"--dtype auto: running in {classifier.dtype}")
         with job.signals(), inputs.stream() as stream:
             batches = classifier.iter_embed(stream, batch_size, workers, max_download_bytes=int(max_download_mb * 1e6),
                 download_timeout=download_timeout,

@@ -40,6 +40,7 @@ def summary(prepared, model, choice, result, limit: int | None) -> dict[str, Any
         "limit": limit,
         "labels": str(prepared.labels_file) if prepared.labels_file else None,
         "checkpoint": {"path": str(model.weights_path), "format": model.checkpoint_format},
+        "dtype": model.dtype,
     }
 
 
@@ -84,6 +85,8 @@ def _accuracy_rows(summary_: dict[str, Any], result) -> list[tuple[str, str, str
         return [("top-1 / top-5", f"[bold red]no accuracy: {why}[/]", "")]
     if summary_["protocol_is_published"]:
         notes = [_published_text(summary_["published"], "top1"), _published_text(summary_["published"], "top5")]
+        if summary_.get("dtype", "float32") != "float32":  # published figures are float32 evaluations
+            notes = [f"{note} [yellow]measured in {summary_['dtype']}; published in float32[/]" for note in notes]
     else:
         notes = ["(protocol differs from the published one: no published figure to compare)", ""]
     return [("top-1", f"{summary_['top1']:.2f} %", notes[0]), ("top-5", f"{summary_['top5']:.2f} %", notes[1])]
@@ -118,6 +121,8 @@ def print_table(summary_: dict[str, Any], result, prepared, model, choice, detec
         ("preprocessing", choice.describe(),
          "(the published protocol)" if choice.published else f"(differs from the published {published_protocol})"),
         ("variant", model.variant, ""),
+        *([("precision", f"[yellow]{model.dtype}[/]", "(not float32: not the published numbers' precision)")]
+          if model.dtype != "float32" else []),
         ("source", f"{model.source} ({model.checkpoint_format} checkpoint {escape(model.weights_path.name)})", ""),
         ("images evaluated", f"{tally.images:,}", full),
     ]

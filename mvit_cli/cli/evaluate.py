@@ -21,6 +21,8 @@ from mvit_cli.cli._options import (
     CacheDirOpt,
     Device,
     DeviceOpt,
+    Dtype,
+    DtypeOpt,
     OfflineOpt,
     SourceOpt,
     TableOrJson,
@@ -105,6 +107,7 @@ def eval_command(
     workers: WorkersOpt = None,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = Backend.torch,
+    dtype: DtypeOpt = Dtype.float32,
     limit: Annotated[
         Optional[int],
         typer.Option("--limit", min=1, help="Evaluate a fixed, class-balanced subset of this many images."),
@@ -157,7 +160,7 @@ def eval_command(
     wanted.check()
     model_options = dict(variant=variant.value if variant else None, source=source.value if source else None,
                          weights=weights, device=device.value, backend=backend.value, cache_dir=cache_dir,
-                         offline=offline)
+                         offline=offline, dtype=dtype.value)
     run_options = dict(batch_size=batch_size, workers=workers, limit=limit, wanted=wanted,
                        json_output=output_format is TableOrJson.json)
     if suite is not None:
@@ -313,7 +316,10 @@ def _load(model_options: dict[str, Any], device_name: str, job, wanted, batch_si
         model_options["variant"], model_options["source"], model_options["weights"], device_name,
         backend=model_options["backend"], cache_dir=model_options["cache_dir"], offline=model_options["offline"],
         progress=is_main, warn=output.warn, expected_images=images // (job.world_size if job else 1),
+        dtype=model_options["dtype"],
     )
+    if model_options["dtype"] == "auto" and is_main:
+        output.warn(f"--dtype auto: running in {model.dtype}")
     choice = protocol_for(model.source, wanted)
     model = replace(model, preprocessing=choice.preprocessing)  # a copy: the memoised model keeps its own
     batch_size = batch_size or runners.default_batch_size(model.device)

@@ -44,6 +44,7 @@ from torch import nn
 
 from mvit_cli.folding import fold_batchnorm
 from mvit_cli.runners.base import Pending, PerCorePool, Runner
+from mvit_cli.runners.precision import DTYPES, in_precision
 from mvit_cli.runners.tuning import cpu_threads, onednn_fusion_wanted, tune_allocator
 
 # Images per call of the per-core model on the CPU. Measured per image at batch 32 with oneDNN fusion (one image
@@ -70,8 +71,10 @@ class TorchCpuRunner(Runner):
     """BatchNorm folded, channels_last, traced per input shape, fused, batches split per core (module docstring)."""
 
     def __init__(self, model: nn.Module, threads: int | None = None, micro_batch: int = CPU_MICRO_BATCH,
-                 trace: bool = True, fuse: bool | None = None):
-        self.module = fold_batchnorm(model).to(memory_format=torch.channels_last)
+                 trace: bool = True, fuse: bool | None = None, dtype: str = "float32"):
+        # Folded in float32 first (the folding's arithmetic), then the body converted (runners/precision.py).
+        self.dtype = dtype
+        self.module = in_precision(fold_batchnorm(model), DTYPES[dtype]).to(memory_format=torch.channels_last)
         self.threads = threads or cpu_threads()
         self.micro_batch = micro_batch
         self.trace = trace and hasattr(torch, "jit")
@@ -88,6 +91,7 @@ class TorchCpuRunner(Runner):
             f"torch {torch.__version__}, BatchNorm folded, channels_last, "
             f"{'traced per input shape' if self.trace else 'eager'}, "
             f"{'oneDNN Graph fusion, ' if self.fuse else ''}"
+            f"{'' if dtype == 'float32' else dtype + ' MobileViT blocks, ' }"
             f"{self.threads} core(s), {micro_batch} image(s) per core at a time"
         )
 
