@@ -30,6 +30,7 @@ import typer
 from typer._click.exceptions import BadOptionUsage, MissingParameter, NoArgsIsHelpError, NoSuchOption
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from mvit_cli.cli._options import DEFAULTS_AT_HELP_TIME
 from mvit_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_TERMINATED, EXIT_USAGE, UsageError
 
 # What exit code 3 means for the commands that can end partly done. Every command can end with 0, 1, 130 and 143:
@@ -97,7 +98,7 @@ def _print_examples(examples: list[str]) -> None:
     from typer import rich_utils
 
     # typer's own console (its width, colour and TERMINAL_WIDTH settings), as for the rest of the page.
-    console = rich_utils._get_rich_console()
+    console = rich_utils._get_rich_console()  # private in typer 0.29: pyproject pins typer <0.30
     console.print()
     console.print(Text(" Examples:", style="bold"))
     for line in examples:
@@ -165,7 +166,8 @@ def expected(param: Any) -> Optional[str]:
 
 
 def metavar(param: Any) -> str:
-    """What the help shows for a parameter's value: nothing for a flag, the choices, or a word in capitals."""
+    """What the help shows for a parameter's value: nothing for a flag, else a word in capitals (N, FILE, DIR,
+    or an option's name, e.g. FORMAT, when it takes one of a few choices)."""
     if isinstance(param, TyperArgument):
         return (param.name or "value").upper()
     if getattr(param, "is_flag", False) or getattr(param, "count", False):
@@ -218,8 +220,6 @@ def polish(param: Any) -> None:
 def _add_help_time_default(param: Any) -> None:
     """Defaults that depend on the machine or live beside the runners (which import torch) are put into the help
     when a help page is shown, not when the CLI is imported."""
-    from mvit_cli.cli._options import DEFAULTS_AT_HELP_TIME
-
     if getattr(param, "_mvit_default_shown", False):
         return
     for option in getattr(param, "opts", ()):
@@ -324,7 +324,7 @@ class _HelpPages:
         kwargs["help"] = prose or None
         super().__init__(*args, **kwargs)
         self.examples = examples
-        if not isinstance(self, TyperGroup) and not re.search(r"^Exit codes", prose, re.MULTILINE):
+        if prose and not isinstance(self, TyperGroup) and not re.search(r"^Exit codes", prose, re.MULTILINE):
             self.help = f"{prose}\n\n{exit_codes_paragraph(self.name or '')}".strip()
         for param in self.params:
             polish(param)
