@@ -300,7 +300,7 @@ def _given_value(command: Any, ctx: Any, args: list[str], param: Any) -> Optiona
         return None
     try:
         opts, _, _ = command.make_parser(ctx).parse_args(args=list(args))
-    except Exception:  # noqa: BLE001 - best effort: the message is still right without the value
+    except Exception:  # best effort: the message is still right without the value
         return None
     value = opts.get(param.name)
     if value is None:
@@ -363,7 +363,7 @@ class HelpGroup(_HelpPages, TyperGroup):
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         name = args[0] if args else ""
         if name and not name.startswith("-") and self.get_command(ctx, name) is None and not ctx.resilient_parsing:
-            names = self.list_commands(ctx)
+            names = [n for n in self.list_commands(ctx) if not getattr(self.get_command(ctx, n), "hidden", False)]
             close = difflib.get_close_matches(name, names)
             guess = f"did you mean {' or '.join(close)}? " if close else ""
             raise UsageError(f"no such command: {name} ({guess}commands: {', '.join(names)})")
