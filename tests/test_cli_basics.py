@@ -51,7 +51,8 @@ def test_every_registered_command_is_covered_here():
 def test_unknown_option_is_a_usage_error_with_exit_1():
     result = CliRunner().invoke(app, ["classify", "x.jpg", "--no-such-option"])
     assert result.exit_code == 1
-    assert "No such option" in result.output and "Traceback" not in result.output
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == ["mvit: error: no such option: --no-such-option (see 'mvit classify --help')"]
 
 
 def test_user_error_is_one_line_on_stderr_without_traceback(tmp_path):

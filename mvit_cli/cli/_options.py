@@ -60,8 +60,9 @@ CacheDirOpt = Annotated[
     Optional[Path],
     typer.Option(
         "--cache-dir",
-        envvar="MVIT_CACHE",
-        help="Weight cache folder (default: the Hugging Face cache, HF_HUB_CACHE / HF_HOME). Env: MVIT_CACHE.",
+        envvar="MVIT_CACHE",  # shown by the help as [env var: MVIT_CACHE]
+        metavar="DIR",
+        help="Weight cache folder \\[default: the Hugging Face cache: HF_HUB_CACHE, or HF_HOME/hub].",
     ),
 ]
 OfflineOpt = Annotated[
@@ -73,6 +74,31 @@ WorkersOpt = Annotated[
     Optional[int],
     typer.Option("--workers", "-j", min=0, help="Image-decoding threads (0: decode between model calls)."),
 ]
+InputSizeOpt = Annotated[
+    Optional[int],
+    typer.Option("--input-size", min=32, max=2048, metavar="PIXELS", show_default=False,
+                 help="Square input side in pixels \\[default: 256, the weights' crop size]."),
+]
+
+
+def _batch_size_default() -> str:
+    from mvit_cli.runners.devices import DEFAULT_BATCH_SIZE
+
+    devices_by_size: dict[int, list[str]] = {}
+    for device, size in DEFAULT_BATCH_SIZE.items():
+        devices_by_size.setdefault(size, []).append(device.upper())
+    return ", ".join(f"{size} on {' and '.join(devices)}" for size, devices in devices_by_size.items())
+
+
+def _workers_default() -> str:
+    from mvit_cli.runners.tuning import MAX_DEFAULT_WORKERS, default_workers
+
+    return f"{default_workers()} here: one per core beyond the first, at most {MAX_DEFAULT_WORKERS}"
+
+
+# Defaults that live beside the runners (which import torch) or depend on this machine: the help shows them as
+# "[default: ...]", computed when a help page is shown (cli/_help.py), not when the CLI is imported.
+DEFAULTS_AT_HELP_TIME = {"--batch-size": _batch_size_default, "--workers": _workers_default}
 
 
 class Backend(str, Enum):
@@ -93,17 +119,19 @@ TableOrJsonOpt = Annotated[
 ]
 FilesFromOpt = Annotated[
     Optional[Path],
-    typer.Option("--files-from", "-T", help="Also take inputs from this list: one path or URL per line (blank lines "
-                 "and # comments skipped), read as the run goes; - reads it from stdin.", show_default=False),
+    typer.Option("--files-from", "-T", metavar="FILE", show_default=False,
+                 help="Also take inputs from this list: one path or URL per line (blank lines and # comments skipped), "
+                 "read as the run goes; - reads it from stdin."),
 ]
 MaxDownloadOpt = Annotated[
     float,
-    typer.Option("--max-download-mb", min=0.001, help="Size limit for one image fetched from a URL, in MB."),
+    typer.Option("--max-download-mb", min=0.001, metavar="MB",
+                 help="Size limit for one image fetched from a URL, in MB."),
 ]
 DownloadTimeoutOpt = Annotated[
     float,
-    typer.Option("--download-timeout", min=0.1, help="Seconds a URL's server may stay silent before that "
-                 "download fails (connecting has 10)."),
+    typer.Option("--download-timeout", min=0.1, metavar="SECONDS",
+                 help="Seconds a URL's server may stay silent before that download fails (connecting has 10)."),
 ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,6 +15,7 @@ from mvit_cli.cli._options import (
     DeviceOpt,
     Dtype,
     DtypeOpt,
+    InputSizeOpt,
     SourceOpt,
     TableOrJson,
     TableOrJsonOpt,
@@ -35,9 +36,7 @@ def bench_command(
     device: DeviceOpt = Device.auto,
     weights: WeightsOpt = None,
     source: SourceOpt = None,
-    input_size: Annotated[
-        Optional[int], typer.Option("--input-size", min=32, max=2048, help="Square input side in pixels \\[default: 256].")
-    ] = None,
+    input_size: InputSizeOpt = None,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls after the first.")] = 3,
     repetitions: Annotated[int, typer.Option("--repetitions", "-n", min=1, help="Timed calls, at least.")] = 10,
     min_seconds: Annotated[

@@ -10,6 +10,7 @@ import typer
 
 from mvit_cli.cli._options import (
     CacheDirOpt,
+    InputSizeOpt,
     OfflineOpt,
     SourceOpt,
     VariantOpt,
@@ -42,9 +43,7 @@ def export_command(
     ] = None,
     weights: WeightsOpt = None,
     source: SourceOpt = None,
-    input_size: Annotated[
-        int, typer.Option("--input-size", min=32, max=2048, help="Square input side the export is made for.")
-    ] = 256,
+    input_size: InputSizeOpt = 256,
     no_check: Annotated[bool, typer.Option("--no-check", help="Skip reloading the file to compare its logits.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result as JSON (--format names the file's format here).")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from mvit_cli.cli._options import (
     CacheDirOpt,
+    InputSizeOpt,
     Source,
     SourceOpt,
     TableOrJson,
@@ -23,11 +24,7 @@ def register(app: typer.Typer) -> None:
 def info_command(
     variant: Annotated[Variant, typer.Option("--variant", "-m", help="Model variant: xxs, xs or s.")] = Variant.s,
     source: SourceOpt = None,
-    input_size: Annotated[
-        Optional[int],
-        typer.Option("--input-size", min=32, max=4096, help="Square input side for the FLOPs and feature map sizes "
-                     "\\[default: the source's crop size, 256]."),
-    ] = None,
+    input_size: InputSizeOpt = None,
     output_format: TableOrJsonOpt = TableOrJson.table,
     cache_dir: CacheDirOpt = None,
 ) -> None:

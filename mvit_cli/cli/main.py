@@ -11,9 +11,9 @@ import warnings
 from typing import Any, Optional
 
 import typer
-from typer.core import TyperGroup
 
 from mvit_cli import __version__
+from mvit_cli.cli import _help
 from mvit_cli.cli._errors import describe
 from mvit_cli.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, Terminated
 
@@ -32,7 +32,7 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-class MvitGroup(TyperGroup):
+class MvitGroup(_help.HelpGroup):
     """Runs a command and maps its failures to exit codes: 1 usage/setup, 3 partial, 130 interrupted.
 
     Lives in the click group (not in `run`) so that typer's CliRunner in the tests sees exactly what the
@@ -50,10 +50,11 @@ class MvitGroup(TyperGroup):
             code = result if isinstance(result, int) else 0
         except typer.Exit as exc:
             code = exc.exit_code
-        except typer.TyperException as exc:  # typer's (vendored) click usage errors: bad option, missing argument
-            show = getattr(exc, "show", None)
-            show() if show else typer.echo(f"mvit: error: {exc.format_message()}", err=True)
+        except _help.NoArgsIsHelpError as exc:  # `mvit`, `mvit cache`: the help page, exit code 1
+            exc.show()
             code = EXIT_USAGE
+        except typer.TyperException as exc:  # a usage error the command classes did not word already
+            code = _fail(_help.usage_message(exc), EXIT_USAGE)
         except (typer.Abort, KeyboardInterrupt):
             code = EXIT_INTERRUPTED
         except Exception as exc:
@@ -148,6 +149,7 @@ def _register() -> None:
 
     for module in (classify, embed, evaluate, info, weights, bench, export):
         module.register(app)
+    _help.adopt(app)  # every command's help page and usage errors in mvit's words (cli/_help.py)
 
 
 _register()
