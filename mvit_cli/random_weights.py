@@ -63,7 +63,7 @@ def randomize_(model: nn.Module, seed: int = 0, calibrate: bool = True) -> nn.Mo
             uniform(module.weight, 0.5, 1.5)
             normal(module.bias, 0.2)
     if calibrate:
-        _calibrate_batchnorm(model, structured_images(seed=seed))
+        calibrate_batchnorm(model, structured_images(seed=seed))
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.running_mean.add_(0.05 * torch.randn(module.running_mean.shape, generator=gen))
@@ -76,7 +76,8 @@ def randomize_(model: nn.Module, seed: int = 0, calibrate: bool = True) -> nn.Mo
 
 
 @torch.no_grad()
-def _calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> None:
+def calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to those of `images` passing through `model` (one pass)."""
     was_training = model.training
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for m in norms:
