@@ -190,7 +190,7 @@ def test_other_variant_names_both_variants(tmp_path, xs_state):
     from mvit_cli.cli.main import app
 
     result = CliRunner().invoke(app, ["classify", str(path), "--weights", str(path), "--variant", "s"])
-    assert result.exit_code == 1 and "--variant s was given; pass --variant xs" in result.output
+    assert result.exit_code == 1 and "--variant s (MobileViT-S) was given; pass --variant xs" in result.output
     assert load_checkpoint(path).variant == "xs"  # without --variant, it just loads
 
 

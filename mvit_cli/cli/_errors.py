@@ -19,6 +19,7 @@ from mvit_cli.errors import (
     MvitError,
     VariantMismatchError,
 )
+from mvit_cli.manifest import title
 
 
 def _device(exc: DeviceUnavailableError) -> str:
@@ -30,8 +31,8 @@ def _backend(exc: BackendDeviceError) -> str:
 
 
 def _variant(exc: VariantMismatchError) -> str:
-    return (f"{exc.path}: the checkpoint is for MobileViT-{exc.found.upper()}, but --variant {exc.asked} was given; "
-            f"pass --variant {exc.found} or leave --variant out")
+    return (f"{exc.path}: the checkpoint is for {title(exc.found)}, but --variant {exc.asked} ({title(exc.asked)}) "
+            f"was given; pass --variant {exc.found} or leave --variant out")
 
 
 def _value(exc: InvalidValueError) -> str:
