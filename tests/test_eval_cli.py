@@ -165,6 +165,10 @@ def test_predictions_and_per_class_files(setup, tmp_path):
     probabilities = val_set.logits.softmax(dim=1).topk(5, dim=1).values
     got = [float(r[f"prob{k}"]) for r in rows for k in range(1, 6)]
     assert got == pytest.approx(probabilities.flatten().tolist(), rel=1e-4)
+    # Written as classify writes them: rounded down to 8 decimals (they had 6 significant digits).
+    texts = [r[f"prob{k}"] for r in rows for k in range(1, 6)]
+    assert all(len(t.split("e")[0].partition(".")[2]) <= 8 and float(t) == round(float(t), 8) for t in texts)
+    assert max(len(t) for t in texts) > 8  # more than 6 significant digits survive
 
     classes = {int(r["index"]): r for r in csv.DictReader(io.StringIO(per_class.read_text()))}
     assert set(classes) == set(val_set.targets)

@@ -184,7 +184,10 @@ def open_csv(path) -> TextIO:
 
 def predictions_writer(file: TextIO):
     """Rows of `path,target,top1..top5,prob1..prob5`; `target` lists every correct class, space-separated."""
+    import torch
+
     from mvit_cli.metrics import TOP_K
+    from mvit_cli.pipeline.records import round_down
 
     writer = csv.writer(file)
     writer.writerow(["path", "target", *(f"top{k}" for k in range(1, TOP_K + 1)),
@@ -192,8 +195,9 @@ def predictions_writer(file: TextIO):
 
     def write(rows) -> None:
         for p in rows:
+            # The probabilities as classify writes them: rounded down to 8 decimals, shortest repr.
             writer.writerow([str(p.path), " ".join(map(str, p.targets)), *p.classes,
-                             *(f"{q:.6g}" for q in p.probabilities)])
+                             *(repr(q) for q in round_down(torch.tensor(p.probabilities, dtype=torch.float64)).tolist())])
         file.flush()  # rows of an interrupted run are on disk
 
     return write

@@ -59,6 +59,12 @@ class Result:
         return {"path": self.path, "predictions": [p.to_dict() for p in self.predictions]}
 
 
+def round_down(probabilities: torch.Tensor) -> torch.Tensor:
+    """Probabilities rounded *down* to PROBABILITY_DECIMALS decimals (monotone: a ranking keeps its order)."""
+    scale = 10.0**PROBABILITY_DECIMALS
+    return torch.floor(probabilities * scale) / scale
+
+
 def top_k_predictions(logits: torch.Tensor, k: int) -> list[tuple[Prediction, ...]]:
     """[B, 1000] logits -> per image the k most probable classes, most probable first.
 
@@ -67,8 +73,7 @@ def top_k_predictions(logits: torch.Tensor, k: int) -> list[tuple[Prediction, ..
     than 1 (with k = 1000 it sums to 1 within 1000 * 1e-8).
     """
     indices, values = top_k(logits, min(k, logits.shape[1]))  # ranked by the unrounded probabilities
-    scale = 10.0**PROBABILITY_DECIMALS
-    values = torch.floor(values * scale) / scale  # monotone: the order stays descending
+    values = round_down(values)
     return [
         tuple(
             Prediction(rank, index, CLASSES[index].wnid, CLASSES[index].name, probability)
