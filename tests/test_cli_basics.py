@@ -96,3 +96,15 @@ def test_defaults_named_in_option_help_are_shown(command):
     shown = " ".join(result.stdout.replace("│", " ").split())
     for text in stated:
         assert f"default: {' '.join(text.split())}" in shown
+
+
+def test_the_cli_choices_are_the_model_and_manifest_ones():
+    """One source of truth: the --variant / --source choices come from the manifest, whose variants are the
+    model's."""
+    from mvit_cli import manifest
+    from mvit_cli.cli import _options
+    from mvit_cli.model import VARIANTS
+
+    assert tuple(VARIANTS) == manifest.VARIANTS == tuple(v.value for v in _options.Variant)
+    assert manifest.SOURCES == tuple(s.value for s in _options.WeightSource)
+    assert [v.value for v in _options.VariantOrAll] == [*manifest.VARIANTS, "all"]

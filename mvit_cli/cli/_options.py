@@ -8,16 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
+from mvit_cli.manifest import SOURCES, VARIANTS
 
-class Variant(str, Enum):
-    xxs = "xxs"
-    xs = "xs"
-    s = "s"
-
-
-class Source(str, Enum):
-    timm = "timm"
-    apple = "apple"
+# The choices come from the manifest, the one list of variants and weight sources (model.VARIANTS has the same
+# keys: tests/test_cli_basics.py checks it), so a variant or source added there appears here by itself.
+Variant = Enum("Variant", {name: name for name in VARIANTS}, type=str)
+WeightSource = Enum("WeightSource", {name: name for name in SOURCES}, type=str)
+# `download` and `cache clear` also take "all".
+VariantOrAll = Enum("VariantOrAll", {**{name: name for name in VARIANTS}, "all": "all"}, type=str)
+WeightSourceOrAll = Enum("WeightSourceOrAll", {**{name: name for name in SOURCES}, "all": "all"}, type=str)
 
 
 class TableOrJson(str, Enum):
@@ -37,7 +36,7 @@ VariantOpt = Annotated[
     typer.Option("--variant", "-m", help="Model variant: xxs, xs or s \\[default: s, or the one in --weights]."),
 ]
 SourceOpt = Annotated[
-    Optional[Source],
+    Optional[WeightSource],
     typer.Option(
         "--source",
         help="Weight source: timm (default) or apple. Also picks the preprocessing protocol; with --weights it "

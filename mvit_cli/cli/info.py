@@ -9,7 +9,7 @@ import typer
 from mvit_cli.cli._options import (
     CacheDirOpt,
     InputSizeOpt,
-    Source,
+    WeightSource,
     SourceOpt,
     TableOrJson,
     TableOrJsonOpt,
@@ -51,7 +51,7 @@ def info_command(
     from mvit_cli.cli import output
     from mvit_cli.describe import variant_info
 
-    info = variant_info(variant.value, (source or Source.timm).value, input_size, cache_dir)
+    info = variant_info(variant.value, (source or WeightSource.timm).value, input_size, cache_dir)
     output.Output(output_format.value).emit(info, _print_tables)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,26 +9,15 @@ import typer
 
 from mvit_cli.cli._options import (
     CacheDirOpt,
-    Source,
     TableOrJson,
     TableOrJsonOpt,
     Variant,
+    VariantOrAll,
+    WeightSource,
+    WeightSourceOrAll,
 )
 from mvit_cli.errors import EXIT_OK, EXIT_PARTIAL, MvitError
 
-
-
-class VariantOrAll(str, Enum):
-    xxs = "xxs"
-    xs = "xs"
-    s = "s"
-    all = "all"
-
-
-class SourceOrAll(str, Enum):
-    timm = "timm"
-    apple = "apple"
-    all = "all"
 
 
 def register(app: typer.Typer) -> None:
@@ -55,8 +43,8 @@ def download_command(
         VariantOrAll, typer.Option("--variant", "-m", help="Model variant to fetch: xxs, xs, s, or all.")
     ] = VariantOrAll.s,
     source: Annotated[
-        SourceOrAll, typer.Option("--source", help="Weight source: timm (the default weights), apple, or all.")
-    ] = SourceOrAll.timm,
+        WeightSourceOrAll, typer.Option("--source", help="Weight source: timm (the default weights), apple, or all.")
+    ] = WeightSourceOrAll.timm,
     output_format: TableOrJsonOpt = TableOrJson.table,
     cache_dir: CacheDirOpt = None,
 ) -> int:
@@ -118,7 +106,7 @@ def import_command(
         typer.Option("--variant", "-m", help="Model variant the file must hold \\[default: read from the file]."),
     ] = None,
     source: Annotated[
-        Optional[Source],
+        Optional[WeightSource],
         typer.Option("--source", help="Weight source whose preprocessing applies \\[default: that of the file's "
                                       "format: timm for timm files, apple for transformers and ml-cvnets files]."),
     ] = None,
@@ -218,8 +206,8 @@ def cache_clear_command(
         VariantOrAll, typer.Option("--variant", "-m", help="Only this variant, or all.")
     ] = VariantOrAll.all,
     source: Annotated[
-        SourceOrAll, typer.Option("--source", help="Only this weight source, or all.")
-    ] = SourceOrAll.all,
+        WeightSourceOrAll, typer.Option("--source", help="Only this weight source, or all.")
+    ] = WeightSourceOrAll.all,
     output_format: TableOrJsonOpt = TableOrJson.table,
     cache_dir: CacheDirOpt = None,
 ) -> None:
@@ -238,7 +226,7 @@ def cache_clear_command(
     from mvit_cli.cli.output import Output, megabytes
 
     removed = store.clear_cache(variant=None if variant is VariantOrAll.all else variant.value,
-                                source=None if source is SourceOrAll.all else source.value, cache_dir=cache_dir)
+                                source=None if source is WeightSourceOrAll.all else source.value, cache_dir=cache_dir)
     root = str(store.cache_root(cache_dir))
 
     def render(data: dict) -> None:
