@@ -74,15 +74,6 @@ class ReadPolicy:
     cancelled: threading.Event | None = None
 
 
-def file_identity(path: Path | str) -> tuple[int, int] | None:
-    """(device, inode) of the file a path leads to (links followed), or None when it does not exist."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
