@@ -75,3 +75,301 @@ def test_thumbnails_come_from_the_same_decode_and_leave_the_pixels_alone():
 def test_thumbnail_side_must_be_positive():
     with pytest.raises(ValueError, match="thumbnail_side"):
         next(iter_batches([b"x"], P, 1, 0, thumbnail_side=0))
+
+
+# HTML, parsed here with the standard library: the report's markup as a tree ------------------------------------
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class Node:
+    def __init__(self, tag: str, attrs: dict[str, str | None], parent: "Node | None" = None):
+        self.tag, self.attrs, self.parent, self.children = tag, attrs, parent, []
+
+    def text(self) -> str:
+        return "".join(child if isinstance(child, str) else child.text() for child in self.children)
+
+    def iter(self):
+        yield self
+        for child in self.children:
+            if isinstance(child, Node):
+                yield from child.iter()
+
+    def find_all(self, tag: str | None = None, **attrs: str) -> list["Node"]:
+        """Elements of `tag` whose attributes include `attrs` (class_ matches one of the classes)."""
+        found = []
+        for node in self.iter():
+            if tag is not None and node.tag != tag:
+                continue
+            ok = True
+            for name, value in attrs.items():
+                if name == "class_":
+                    ok = ok and value in (node.attrs.get("class") or "").split()
+                else:
+                    ok = ok and node.attrs.get(name.replace("_", "-")) == value
+            if ok:
+                found.append(node)
+        return found
+
+    def find(self, tag: str | None = None, **attrs: str) -> "Node":
+        found = self.find_all(tag, **attrs)
+        assert len(found) == 1, (tag, attrs, len(found))
+        return found[0]
+
+
+class _TreeBuilder(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.root = self.current = Node("#document", {})
+
+    def handle_starttag(self, tag, attrs):
+        node = Node(tag, dict(attrs), self.current)
+        self.current.children.append(node)
+        if tag not in VOID:
+            self.current = node
+
+    def handle_startendtag(self, tag, attrs):
+        self.current.children.append(Node(tag, dict(attrs), self.current))
+
+    def handle_endtag(self, tag):
+        node = self.current
+        while node is not None and node.tag != tag:
+            node = node.parent
+        assert node is not None, f"</{tag}> closes nothing"
+        self.current = node.parent
+
+    def handle_data(self, data):
+        self.current.children.append(data)
+
+
+def parse_html(path: Path) -> Node:
+    builder = _TreeBuilder()
+    builder.feed(path.read_text(encoding="utf-8"))
+    builder.close()
+    assert builder.current is builder.root, "an element is left open"
+    return builder.root
+
+
+def assert_self_contained(page: Node) -> None:
+    """Nothing to fetch: every URL in the page is a data: URI (or a link within it), the policy forbids the rest."""
+    for node in page.iter():
+        for name in ("src", "href", "srcset", "poster", "action", "formaction", "data"):
+            value = node.attrs.get(name)
+            if value is not None:
+                assert value.startswith(("data:", "#")), (node.tag, name, value[:80])
+        assert not any(name.startswith("on") for name in node.attrs), (node.tag, node.attrs)  # no inline handlers
+    styles = " ".join(node.text() for node in page.find_all("style"))
+    assert "url(" not in styles and "@import" not in styles
+    (csp,) = [m.attrs["content"] for m in page.find_all("meta") if m.attrs.get("http-equiv") == "Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "img-src data:" in csp and "unsafe-inline" not in csp
+
+
+def jpeg_of(img: Node) -> Image.Image:
+    prefix = "data:image/jpeg;base64,"
+    assert img.attrs["src"].startswith(prefix)
+    return decoded_jpeg(base64.b64decode(img.attrs["src"][len(prefix):]))
+
+
+def shown(text: str) -> str:
+    """A name as reports (and terminals) show it: control characters as escapes."""
+    return re.sub("[\x00-\x1f\x7f-\x9f]", lambda m: repr(m.group())[1:-1], text)
+
+
+# 2. classify --report -----------------------------------------------------------------------------------------
+
+# File names that are markup, quotes and control characters: the report must show them as text.
+HOSTILE = ["<img src=x onerror=document.title='pwned'>.png", "quote\"and'apostrophe&amp;.jpg", "new\nline.png"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [*map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("report-photos")
+    for i, name in enumerate(["a.png", "b.jpg", "c.png", *HOSTILE]):
+        smooth_rgb(90 + 17 * i, 60 + 9 * i, seed=20 + i).save(folder / name, format="PNG" if "png" in name else "JPEG")
+    (folder / "broken.jpg").write_bytes(b"not a picture")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def classify_run(photos, xxs_checkpoint, tmp_path_factory):
+    """One run: JSON on stdout and the report, with heatmaps (so the one run checks both)."""
+    out = tmp_path_factory.mktemp("classify-report")
+    report = out / "report.html"
+    result = invoke("classify", photos, "--weights", xxs_checkpoint.path, "--format", "json", "--top-k", "3",
+                    "--report", report, "--explain", "--workers", "1", "--batch-size", "4")
+    assert result.exit_code == 3, result.output  # broken.jpg
+    return json.loads(result.stdout), report
+
+
+def test_classify_report_numbers_equal_the_json_output(classify_run):
+    records, report = classify_run
+    page = parse_html(report)
+    assert_self_contained(page)
+    ok = [r for r in records if "predictions" in r]
+    failed = [r for r in records if "error" in r]
+    assert len(ok) == 6 and len(failed) == 1
+    counts = {key: int(page.find(id=f"count-{key}").text().replace(",", "")) for key in ("images", "classified",
+                                                                                          "failed")}
+    assert counts == {"images": 7, "classified": 6, "failed": 1}
+
+    cards = page.find("section", id="grid").find_all("figure", class_="card")
+    assert [card.find(class_="path").text() for card in cards] == [shown(r["path"]) for r in ok]
+    for card, record in zip(cards, ok):
+        bars = card.find_all("li")
+        assert len(bars) == 3
+        for bar, p in zip(bars, record["predictions"]):
+            assert (int(bar.attrs["data-rank"]), int(bar.attrs["data-index"]), bar.attrs["data-wnid"]) == \
+                (p["rank"], p["index"], p["wnid"])
+            assert float(bar.attrs["data-probability"]) == p["probability"]  # exactly the JSON's number
+            assert bar.find(class_="label").text() == p["label"]
+            assert bar.find(class_="p").text() == f"{100 * p['probability']:.1f}%"
+        assert card.attrs["data-top1"] == record["predictions"][0]["wnid"]
+        assert float(card.attrs["data-confidence"]) == record["predictions"][0]["probability"]
+    rows = page.find("section", id="failed").find_all("tr")[1:]
+    assert [(row.find(class_="path").text(), row.find(class_="error").text()) for row in rows] == \
+        [(shown(r["path"]), r["error"]) for r in failed]
+
+
+def test_classify_report_thumbnails_are_the_images_and_heatmaps_the_grad_cam(classify_run, photos, xxs_checkpoint):
+    from mvit_cli import explain
+    from test_explain import reference_gradcam
+    from test_preprocess_parity import timm_eval_reference
+
+    records, report = classify_run
+    cards = parse_html(report).find("section", id="grid").find_all("figure", class_="card")
+    for card, record in zip(cards, [r for r in records if "predictions" in r]):
+        original = Image.open(record["path"]).convert("RGB")
+        thumbnail = jpeg_of(card.find("img", class_="thumb"))
+        scale = min(1.0, 128 / max(original.size))  # fits 128 x 128, never enlarged
+        assert thumbnail.size == (round(original.width * scale), round(original.height * scale))
+        expected = np.asarray(original.resize(thumbnail.size, Image.Resampling.BICUBIC), dtype=np.float64)
+        assert np.abs(np.asarray(thumbnail, dtype=np.float64) - expected).mean() < 8
+
+        # The heatmap: the test's own Grad-CAM of the top-1 on the test's own crop, overlaid and scaled.
+        tensor = timm_eval_reference(original, 256, 0.9, "bicubic", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        c, cam, _ = reference_gradcam(xxs_checkpoint.model, tensor, "final_conv", record["predictions"][0]["index"])
+        crop = Image.fromarray((tensor.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8))
+        wanted = explain.overlay(crop, cam / cam.max()).resize((128, 128), Image.Resampling.BICUBIC)
+        heat = np.asarray(jpeg_of(card.find("img", class_="heat")), dtype=np.float64)
+        assert heat.shape == (128, 128, 3)
+        assert np.abs(heat - np.asarray(wanted, dtype=np.float64)).mean() < 8
+        other = explain.overlay(crop, np.rot90(cam / cam.max()).copy()).resize((128, 128), Image.Resampling.BICUBIC)
+        assert np.abs(heat - np.asarray(other, dtype=np.float64)).mean() > \
+            np.abs(heat - np.asarray(wanted, dtype=np.float64)).mean()
+
+
+def test_hostile_file_names_are_text_in_the_report(classify_run):
+    _, report = classify_run
+    raw = report.read_text(encoding="utf-8")
+    assert "<img src=x" not in raw and "&lt;img src=x onerror=document.title=&#x27;pwned&#x27;&gt;.png" in raw
+    page = parse_html(report)
+    paths = [node.text() for node in page.find_all(class_="path")]
+    for name in HOSTILE:
+        assert any(path.endswith(shown(name)) for path in paths), name
+    assert all(img.attrs["src"].startswith("data:image/jpeg;base64,") for img in page.find_all("img"))
+
+
+def test_a_url_is_fetched_once_for_both_its_result_and_its_thumbnail(xxs_checkpoint, photos, tmp_path):
+    from http_fixtures import WebServer, body
+
+    picture = (photos / "b.jpg").read_bytes()
+    with WebServer() as server:
+        url = server.route("/cat.jpg", body(picture, content_type="image/jpeg"))
+        result = invoke("classify", url, photos / "a.png", "--weights", xxs_checkpoint.path, "--format", "json",
+                        "--report", tmp_path / "r.html", "--workers", "2")
+        assert result.exit_code == 0, result.output
+        assert [r.path for r in server.requests] == ["/cat.jpg"]
+    cards = parse_html(tmp_path / "r.html").find_all("figure", class_="card")
+    assert [c.find(class_="path").text() for c in cards] == [url, str(photos / "a.png")]
+    assert jpeg_of(cards[0].find("img", class_="thumb")).size == Image.open(photos / "b.jpg").size and \
+        max(Image.open(photos / "b.jpg").size) <= 128
+
+
+@pytest.mark.parametrize("case", ["explain-alone", "resume", "an-input", "same-as-output", "device", "folder"])
+def test_report_options_are_checked_before_any_work(case, xxs_checkpoint, photos, tmp_path):
+    image = photos / "a.png"
+    args = {
+        "explain-alone": [image, "--explain"],
+        "resume": [image, "--format", "jsonl", "-o", tmp_path / "o.jsonl", "--resume", "--report", tmp_path / "r.html"],
+        "an-input": [image, "--report", image],
+        "same-as-output": [image, "-o", tmp_path / "o.json", "--report", tmp_path / "o.json"],
+        "device": [image, "--report", "/dev/null"],
+        "folder": [image, "--report", tmp_path / "missing" / "r.html"],
+    }[case]
+    before = image.read_bytes()
+    result = invoke("classify", *args, "--weights", xxs_checkpoint.path)
+    assert result.exit_code == 1, result.output
+    message = result.stderr.strip()
+    assert message.startswith("mvit: error:") and "Traceback" not in message and "\n" not in message
+    assert {"explain-alone": "--report", "resume": "--resume", "an-input": "input", "same-as-output": "same file",
+            "device": "device", "folder": "does not exist"}[case] in message
+    assert image.read_bytes() == before and not (tmp_path / "r.html").exists()
+
+
+# 4. In a real browser ------------------------------------------------------------------------------------------
+
+
+def open_report(browser, path: Path) -> None:
+    """Open the report from disk and check what every report must be: no error, no request, not blank."""
+    url = path.as_uri()
+    browser.open(url)
+    browser.driver.execute_script("window.scrollTo(0, document.body.scrollHeight); window.scrollTo(0, 0);")
+    assert browser.console_errors() == []
+    # Every request stays in the file: the page itself and its data: URIs (the images), nothing else at all.
+    assert [u for u in browser.requested_urls() if u != url and not u.startswith("data:")] == []
+    screenshot = np.asarray(Image.open(io.BytesIO(browser.driver.get_screenshot_as_png())).convert("RGB"))
+    colours = np.unique(screenshot.reshape(-1, 3), axis=0)
+    assert len(colours) > 100 and screenshot.std() > 20, "the page looks blank"
+
+
+def test_classify_report_in_a_browser(browser, classify_run):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    records, report = classify_run
+    ok = [r for r in records if "predictions" in r]
+    open_report(browser, report)
+    driver = browser.driver
+    assert driver.title.startswith("mvit classify") and "pwned" not in driver.title  # no name ran as markup
+
+    cards = driver.find_elements(By.CSS_SELECTOR, "#grid .card")
+    assert len(cards) == len(ok)
+    for card, record in zip(cards, ok):
+        driver.execute_script("arguments[0].scrollIntoView()", card)
+        assert card.is_displayed()
+        assert card.find_element(By.CSS_SELECTOR, ".top1 .label").text == record["predictions"][0]["label"]
+        assert card.find_element(By.CSS_SELECTOR, ".path").text == shown(record["path"])
+        for img in card.find_elements(By.TAG_NAME, "img"):  # thumbnail and heatmap, decoded by the browser
+            assert driver.execute_script("return arguments[0].decode().then(() => arguments[0].naturalWidth)", img) > 0
+    failed = driver.find_element(By.ID, "failed").text
+    assert all(r["error"] in failed for r in records if "error" in r)
+
+    def visible_paths() -> list[str]:
+        return [c.find_element(By.CSS_SELECTOR, ".path").text for c in cards if c.is_displayed()]
+
+    # Sort by confidence, both ways, then back to input order.
+    order = Select(driver.find_element(By.ID, "order"))
+    order.select_by_value("confidence-desc")
+    by_confidence = sorted(ok, key=lambda r: -r["predictions"][0]["probability"])
+    assert [c.find_element(By.CSS_SELECTOR, ".path").text
+            for c in driver.find_elements(By.CSS_SELECTOR, "#grid .card")] == [shown(r["path"]) for r in by_confidence]
+    order.select_by_value("confidence-asc")
+    assert [float(c.get_attribute("data-confidence")) for c in driver.find_elements(By.CSS_SELECTOR, "#grid .card")] \
+        == sorted(r["predictions"][0]["probability"] for r in ok)
+    order.select_by_value("input")
+
+    # Filter by a class: only its images stay; by text: a hostile name finds itself.
+    label = Select(driver.find_element(By.ID, "label"))
+    wnid = ok[0]["predictions"][0]["wnid"]
+    label.select_by_value(wnid)
+    assert visible_paths() == [shown(r["path"]) for r in ok if r["predictions"][0]["wnid"] == wnid]
+    assert driver.find_element(By.ID, "shown").text.startswith(f"{len(visible_paths())} of {len(ok)}")
+    label.select_by_value("")
+    search = driver.find_element(By.ID, "search")
+    search.send_keys("onerror")
+    assert [p.rsplit("/", 1)[-1] for p in visible_paths()] == [HOSTILE[0]]
+    assert browser.console_errors() == []
