@@ -373,3 +373,188 @@ def test_classify_report_in_a_browser(browser, classify_run):
     search.send_keys("onerror")
     assert [p.rsplit("/", 1)[-1] for p in visible_paths()] == [HOSTILE[0]]
     assert browser.console_errors() == []
+
+
+# 2b. eval --report -------------------------------------------------------------------------------------------
+
+N_EVAL = 12
+
+
+@pytest.fixture(scope="module")
+def eval_material(tmp_path_factory):
+    from eval_helpers import make_checkpoint, make_val_set
+
+    root = tmp_path_factory.mktemp("eval-report")
+    checkpoint = root / "xxs-known.safetensors"
+    model = make_checkpoint(checkpoint, seed=5)
+    return root, checkpoint, make_val_set(model, root / "staged", N_EVAL, seed=5)
+
+
+def eval_set(kind: str, root: Path, val_set) -> tuple[Path, list[str]]:
+    """The set's folder and the options that say which set it is."""
+    from eval_helpers import (choose_targets_among, real_labels_for, subset_classes, write_class_folders,
+                              write_devkit, write_folders)
+
+    if kind == "imagenet-devkit":
+        return write_devkit(val_set, root / "devkit"), []
+    if kind == "real-flat":  # ReaL: several correct classes per image, some images without any (left out)
+        flat = root / "flat"
+        for file in val_set.files:
+            (flat / file.name).parent.mkdir(parents=True, exist_ok=True)
+            (flat / file.name).symlink_to(file)
+        entries, _ = real_labels_for(val_set)
+        (root / "real.json").write_text(json.dumps(entries))
+        return flat, ["--dataset", "real", "--real-labels", root / "real.json"]
+    if kind == "r-folders":  # ImageNet-R: 200 classes, outputs restricted to them
+        classes = subset_classes("r")
+        targets = choose_targets_among(val_set.logits, list(classes))
+        return write_folders(val_set.files, targets, root / "imagenet-r", classes.__getitem__), ["--dataset", "r"]
+    folders = write_class_folders(val_set, root / "folders")
+    broken = sorted(folders.iterdir())[0] / "broken.JPEG"
+    broken.write_bytes(b"\xff\xd8\xff truncated")
+    return folders, []
+
+
+def run_eval_report(kind: str, eval_material, out: Path):
+    root, checkpoint, val_set = eval_material
+    directory, options = eval_set(kind, out, val_set)
+    files = {name: out / f"{name}" for name in ("report.html", "predictions.csv", "per_class.csv")}
+    result = invoke("eval", directory, *options, "--weights", checkpoint, "--format", "json", "--workers", "0",
+                    "--report", files["report.html"], "--predictions", files["predictions.csv"],
+                    "--per-class", files["per_class.csv"])
+    assert result.exit_code in (0, 3), result.output
+    return json.loads(result.stdout), files
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+def expected_calibration(rows: list[dict[str, str]], bins: int = 15):
+    """Per bin (images, correct, sum of confidences) and the ECE, from the predictions file: confidence is prob1,
+    correct when top1 is one of the targets (Guo et al.'s definition, as the report states it)."""
+    images, correct, confidence = np.zeros(bins, int), np.zeros(bins, int), np.zeros(bins)
+    for row in rows:
+        p = float(row["prob1"])
+        b = min(int(p * bins), bins - 1)
+        images[b] += 1
+        correct[b] += row["top1"] in row["target"].split()
+        confidence[b] += p
+    used = images > 0
+    ece = float((images[used] / images.sum() * np.abs(correct[used] / images[used]
+                                                      - confidence[used] / images[used])).sum())
+    return images, correct, confidence, ece
+
+
+def expected_confusions(rows: list[dict[str, str]]) -> list[tuple[int, int, int, list[str]]]:
+    """(correct class, predicted class, count, first example paths) of the top-1 mistakes, most frequent first."""
+    pairs: dict[tuple[int, int], list[str]] = {}
+    for row in rows:
+        targets = [int(t) for t in row["target"].split()]
+        if int(row["top1"]) not in targets:
+            for t in targets:
+                pairs.setdefault((t, int(row["top1"])), []).append(row["path"])
+    ranked = sorted(pairs.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:12]
+    return [(t, p, len(paths), paths[:4]) for (t, p), paths in ranked]
+
+
+@pytest.mark.parametrize("kind", ["imagenet-folders-with-a-failure", "imagenet-devkit", "real-flat", "r-folders"])
+def test_eval_report_numbers_equal_the_json_and_csv_of_the_same_run(kind, eval_material, tmp_path):
+    summary, files = run_eval_report(kind, eval_material, tmp_path)
+    page = parse_html(files["report.html"])
+    assert_self_contained(page)
+
+    # Accuracy and the run's facts: the JSON summary's values, exactly.
+    accuracy = {row.attrs["data-source"]: row for row in page.find("table", id="accuracy-table").find_all("tr")[1:]}
+    ours = accuracy.pop("this run")
+    for key in ("top1", "top5"):
+        cell = ours.find("td", data_key=key)
+        assert float(cell.attrs["data-value"]) == summary[key] and cell.text() == f"{summary[key]:.2f}%"
+    assert set(accuracy) == set(summary["published"])
+    for name, row in accuracy.items():
+        cells = row.find_all("td")
+        assert [float(c.attrs["data-value"]) if "data-value" in c.attrs else None for c in cells[:2]] == \
+            [summary["published"][name].get("top1"), summary["published"][name].get("top5")]
+    assert (summary["dataset"], summary["classes"]) == {"real-flat": ("real", 1000), "r-folders": ("r", 200)}.get(
+        kind, ("imagenet", 1000))
+    for key in ("images", "failed", "dataset", "layout"):
+        value = summary[key]
+        assert page.find(id=key).text() == (f"{value:,}" if isinstance(value, int) else value)
+    run = page.find("table", id="run-table").text()
+    assert summary["checkpoint"]["path"] in run and str(summary["input_size"]) in run
+
+    # Per class: the --per-class file's rows, worst top-1 first.
+    per_class = read_rows(files["per_class.csv"])
+    shown_rows = page.find("table", id="per-class-table").find_all("tr")[1:]
+    assert sorted((int(r.attrs["data-index"]), int(r.attrs["data-images"]), int(r.attrs["data-top1"]),
+                   int(r.attrs["data-top5"])) for r in shown_rows) == \
+        sorted((int(r["index"]), int(r["images"]), int(r["top1_correct"]), int(r["top5_correct"])) for r in per_class)
+    accuracies = [int(r.attrs["data-top1"]) / int(r.attrs["data-images"]) for r in shown_rows]
+    assert accuracies == sorted(accuracies)
+
+    # Calibration and confusions: recomputed here from the --predictions file.
+    predictions = read_rows(files["predictions.csv"])
+    assert len(predictions) == summary["images"]
+    images, correct, confidence, ece = expected_calibration(predictions)
+    bins = page.find("table", id="bins-table").find_all("tr")[1:]
+    assert [int(b.attrs["data-images"]) for b in bins] == images.tolist()
+    assert [int(b.attrs["data-correct"]) for b in bins] == correct.tolist()
+    np.testing.assert_allclose([float(b.attrs["data-confidence"]) for b in bins], confidence, atol=1e-5)
+    assert float(page.find(id="ece").attrs["data-value"]) == pytest.approx(ece, abs=1e-5)
+    assert 0 < ece < 1 and summary["top1"] < 100  # mistakes exist: the comparisons below are not empty
+
+    confusions = page.find("table", id="confusions-table").find_all("tr")[1:]
+    wanted = expected_confusions(predictions)
+    assert [(int(r.attrs["data-true"]), int(r.attrs["data-predicted"]), int(r.attrs["data-count"]))
+            for r in confusions] == [(t, p, n) for t, p, n, _ in wanted]
+    for row, (_, _, _, examples) in zip(confusions, wanted):
+        figures = row.find_all("figure")
+        assert [f.attrs["title"] for f in figures] == examples
+        for figure, path in zip(figures, examples):
+            thumbnail = jpeg_of(figure.find("img"))
+            assert max(thumbnail.size) <= 96
+            stored = Image.open(path).convert("RGB").resize(thumbnail.size, Image.Resampling.BICUBIC)
+            assert np.abs(np.asarray(thumbnail, dtype=float) - np.asarray(stored, dtype=float)).mean() < 12
+    if kind == "real-flat":
+        assert any(len(r["target"].split()) > 1 for r in predictions)  # multi-label images were scored
+
+
+def test_eval_report_refuses_a_suite_and_unsafe_paths(eval_material, tmp_path):
+    root, checkpoint, val_set = eval_material
+    directory, _ = eval_set("imagenet-devkit", tmp_path, val_set)
+    for args, needle in (
+        (["--suite", tmp_path, "--report", tmp_path / "r.html"], "--report"),
+        ([directory, "--report", val_set.files[0]], "one of the set's images"),
+        ([directory, "--report", tmp_path / "same.csv", "--predictions", tmp_path / "same.csv"], "same file"),
+    ):
+        result = invoke("eval", *args, "--weights", checkpoint)
+        assert result.exit_code == 1 and needle in result.stderr and "Traceback" not in result.stderr, result.output
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_eval_report_in_a_browser(browser, eval_material, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    summary, files = run_eval_report("imagenet-folders-with-a-failure", eval_material, tmp_path)
+    open_report(browser, files["report.html"])
+    driver = browser.driver
+    assert driver.find_element(By.ID, "ece").is_displayed()
+    assert f"{summary['top1']:.2f}%" in driver.find_element(By.ID, "accuracy").text
+    assert "broken.JPEG" in driver.find_element(By.ID, "failures").text
+    for img in driver.find_elements(By.CSS_SELECTOR, "#confusions img"):
+        driver.execute_script("arguments[0].scrollIntoView()", img)
+        assert driver.execute_script("return arguments[0].decode().then(() => arguments[0].naturalWidth)", img) > 0
+
+    def column(index: int) -> list[str]:
+        return [row.find_elements(By.TAG_NAME, "td")[index].get_attribute("data-value")
+                for row in driver.find_elements(By.CSS_SELECTOR, "#per-class-table tbody tr")]
+
+    header = driver.find_elements(By.CSS_SELECTOR, "#per-class-table th")
+    driver.execute_script("arguments[0].scrollIntoView()", header[3])
+    header[3].click()  # images: ascending, then descending
+    assert [int(v) for v in column(3)] == sorted(int(v) for v in column(3))
+    header[3].click()
+    assert [int(v) for v in column(3)] == sorted((int(v) for v in column(3)), reverse=True)
+    header[0].click()
+    assert [int(v) for v in column(0)] == sorted(int(v) for v in column(0))
+    assert browser.console_errors() == []
