@@ -558,3 +558,36 @@ def test_eval_report_in_a_browser(browser, eval_material, tmp_path):
     header[0].click()
     assert [int(v) for v in column(0)] == sorted(int(v) for v in column(0))
     assert browser.console_errors() == []
+
+
+def test_sigterm_mid_run_still_writes_the_report_of_what_was_done(xxs_checkpoint, photos, tmp_path):
+    """Like every other output, the report is complete and valid after SIGTERM, and says it is partial."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from http_fixtures import WebServer, hang
+
+    out, report = tmp_path / "out.jsonl", tmp_path / "report.html"
+    with WebServer() as server:
+        stuck = server.route("/stuck.jpg", hang())  # the last input never arrives
+        # Four photos first: the pipeline works a batch or two ahead, and they are through before it waits.
+        first = [str(photos / name) for name in ("a.png", "b.jpg", "c.png", HOSTILE[1])]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mvit_cli", "classify", *first, stuck,
+             "--weights", str(xxs_checkpoint.path), "--batch-size", "1", "--workers", "1", "--format", "jsonl",
+             "-o", str(out), "--report", str(report)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 120
+        while (not out.exists() or out.read_text().count("\n") < 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err.decode()
+    written = [json.loads(line)["path"] for line in out.read_text().splitlines()]
+    assert 2 <= len(written) <= 4 and stuck not in written
+    page = parse_html(report)
+    assert "interrupted" in page.find("h1").text()
+    assert [c.find(class_="path").text() for c in page.find_all("figure", class_="card")] == written
