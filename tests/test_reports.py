@@ -222,10 +222,10 @@ def test_classify_report_numbers_equal_the_json_output(classify_run):
         bars = card.find_all("li")
         assert len(bars) == 3
         for bar, p in zip(bars, record["predictions"]):
-            assert (int(bar.attrs["data-rank"]), int(bar.attrs["data-index"]), bar.attrs["data-wnid"]) == \
-                (p["rank"], p["index"], p["wnid"])
+            assert (int(bar.attrs["data-index"]), bar.find(class_="label").attrs["title"]) == (p["index"], p["wnid"])
             assert float(bar.attrs["data-probability"]) == p["probability"]  # exactly the JSON's number
             assert bar.find(class_="label").text() == p["label"]
+            assert float(bar.find("rect").attrs["width"]) == pytest.approx(100 * p["probability"], abs=0.005)
             assert bar.find(class_="p").text() == f"{100 * p['probability']:.1f}%"
         assert card.attrs["data-top1"] == record["predictions"][0]["wnid"]
         assert float(card.attrs["data-confidence"]) == record["predictions"][0]["probability"]

@@ -52,9 +52,9 @@ def horizontal_bars(rows: Sequence[tuple[str, float, str, str]], maximum: float,
 
 
 def histogram(counts: Sequence[int], edges: Sequence[float], title: str, x_label: str, y_label: str,
-              width: int = 420, height: int = 200, percent_axis: bool = True, ident: str = "") -> str:
+              width: int = 380, height: int = 170, percent_axis: bool = True, ident: str = "") -> str:
     """Vertical bars: counts[i] images between edges[i] and edges[i + 1] (len(edges) == len(counts) + 1)."""
-    left, right, top, bottom = 44, 10, 10, 36
+    left, right, top, bottom = 44, 16, 10, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     lo, hi = edges[0], edges[-1]
     peak = max(counts, default=0) or 1
@@ -80,7 +80,7 @@ def reliability_diagram(bins: Sequence[ReliabilityBin], ece: float | None, width
                         height: int = 420, ident: str = "") -> str:
     """Accuracy per confidence bin (bars) against the diagonal of perfect calibration, the gap to it shaded;
     below, how many images each bin holds."""
-    left, right, top, bottom = 44, 10, 24, 150
+    left, right, top, bottom = 44, 14, 24, 160
     plot_w, plot_h = width - left - right, height - top - bottom
     count_h, count_top = 70, top + plot_h + 40
     peak = max((b.images for b in bins), default=0) or 1
@@ -115,6 +115,13 @@ def reliability_diagram(bins: Sequence[ReliabilityBin], ece: float | None, width
                  f'<text x="{left - 4}" y="{count_top + 10}" text-anchor="end">{peak:,}</text>'
                  f'<text x="{left}" y="{count_top + count_h + 14}">images per bin</text>')
     parts.append(f'<text x="{left}" y="14">{text(title)}</text>')
+    legend_y = height - 14
+    parts.append(f'<rect class="legend-acc" x="{left}" y="{legend_y - 9}" width="10" height="10"/>'
+                 f'<text x="{left + 14}" y="{legend_y}">accuracy</text>'
+                 f'<rect class="gap" x="{left + 80}" y="{legend_y - 9}" width="10" height="10"/>'
+                 f'<text x="{left + 94}" y="{legend_y}">gap to mean confidence</text>'
+                 f'<line class="diagonal" x1="{left + 250}" y1="{legend_y - 4}" x2="{left + 270}" y2="{legend_y - 4}"/>'
+                 f'<text x="{left + 274}" y="{legend_y}">calibrated</text>')
     return _svg(width, height, title, "".join(parts), ident)
 
 

@@ -108,30 +108,28 @@ class ClassifyReport:
 
     def _card(self, result: Result, position: int) -> str:
         best = result.predictions[0]
-        searchable = " ".join([result.path, *(p.label for p in result.predictions[:BARS_SHOWN])]).lower()
-        pictures = []
+        pictures = []  # described by the caption beside them: no alt text repeating it (a report holds thousands)
         if result.thumbnail is not None:
-            pictures.append(image_tag(result.thumbnail, result.path, "thumb"))
+            pictures.append(image_tag(result.thumbnail, "", "thumb"))
         if result.heatmap is not None:
-            pictures.append(image_tag(result.heatmap, f"Grad-CAM heatmap of {best.label} for {result.path}", "heat"))
+            pictures.append(image_tag(result.heatmap, "Grad-CAM heatmap of the top-1 class", "heat"))
         bars = "".join(self._bar(p) for p in result.predictions[:BARS_SHOWN])
         explained = " explained" if result.heatmap is not None else ""
         return (f'<figure class="card{explained}" data-position="{position}" data-top1="{best.wnid}" '
-                f'data-confidence="{best.probability!r}" data-search="{text(searchable)}">'
+                f'data-confidence="{best.probability!r}">'
                 f'<div class="pics">{"".join(pictures)}</div>'
                 f'<figcaption><div class="path">{text(result.path)}</div><ol class="topk">{bars}</ol></figcaption>'
                 "</figure>\n")
 
     @staticmethod
     def _bar(p) -> str:
+        """One class: its name (WordNet id on hover), its probability, a bar. Short: a report holds thousands."""
         percent = 100.0 * p.probability
         top = ' class="top1"' if p.rank == 1 else ""
-        return (f'<li{top} data-rank="{p.rank}" data-index="{p.index}" data-wnid="{p.wnid}" '
-                f'data-probability="{p.probability!r}"><div class="row"><span class="label" title="{text(p.wnid)}">'
-                f'{text(p.label)}</span><span class="p">{percent:.1f}%</span></div>'
-                '<svg class="bar" viewBox="0 0 100 6" preserveAspectRatio="none" aria-hidden="true">'
-                f'<rect class="track" width="100" height="6"/><rect class="fill" width="{percent:.2f}" height="6"/>'
-                "</svg></li>")
+        return (f'<li{top} data-index="{p.index}" data-probability="{p.probability!r}">'
+                f'<span class="label" title="{p.wnid}">{text(p.label)}</span><span class="p">{percent:.1f}%</span>'
+                f'<svg class="bar" viewBox="0 0 100 1" preserveAspectRatio="none"><rect width="{percent:.2f}" '
+                'height="1"/></svg></li>')
 
     def _header(self, partial: bool) -> str:
         f = self.facts

@@ -227,7 +227,7 @@ def _calibration_section(collector: EvalCollector) -> str:
     return (
         '<section id="calibration"><h2>Calibration</h2><div class="summary">'
         f'<figure class="chart">{diagram}<figcaption>Accuracy of the images in each confidence bin; the dashed '
-        "diagonal is perfect calibration, the shaded part the gap to it (bars below the diagonal: "
+        "diagonal is perfect calibration, the red outline the gap to the mean confidence (bars below the diagonal: "
         "over-confident).</figcaption></figure><div>"
         f'<p>Expected calibration error: <strong id="ece"{ece_value}>{ece_text}</strong></p>'
         f'<p class="note">ECE = sum over {calibration.size} equal-width confidence bins of (share of the images in '
@@ -268,7 +268,8 @@ def _example(path: Path, thumbnail: bytes | str | None) -> str:
         picture = image_tag(thumbnail, path.name)
     else:
         picture = f'<span class="error">no picture: {text(thumbnail or "not read")}</span>'
-    return f'<figure title="{text(path)}">{picture}<figcaption>{text(path.name)}</figcaption></figure>'
+    name = path.name if len(path.name) <= 14 else "\u2026" + path.name[-13:]  # the end tells val images apart
+    return f'<figure title="{text(path)}">{picture}<figcaption>{text(name)}</figcaption></figure>'
 
 
 def _per_class_section(per_class: Sequence[ClassAccuracy]) -> str:

@@ -5,6 +5,7 @@
   var grid = document.getElementById("grid");
   if (!grid) { return; }
   var cards = Array.prototype.slice.call(grid.querySelectorAll(".card"));
+  var texts = cards.map(function (card) { return card.textContent.toLowerCase(); });  // file name and classes
   var label = document.getElementById("label");
   var search = document.getElementById("search");
   var order = document.getElementById("order");
@@ -20,9 +21,8 @@
   };
   function filter() {
     var wanted = label.value, needle = search.value.trim().toLowerCase(), count = 0;
-    cards.forEach(function (card) {
-      var visible = (!wanted || card.dataset.top1 === wanted) &&
-                    (!needle || card.dataset.search.indexOf(needle) !== -1);
+    cards.forEach(function (card, i) {
+      var visible = (!wanted || card.dataset.top1 === wanted) && (!needle || texts[i].indexOf(needle) !== -1);
       card.hidden = !visible;
       if (visible) { count += 1; }
     });
