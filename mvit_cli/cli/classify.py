@@ -244,7 +244,7 @@ def _new_report(classifier, top_k: int, decode: Decoding, explain: bool):
 
     model = classifier.model
     facts = RunFacts(model.variant, model.source, str(model.weights_path), model.checkpoint_format,
-                     str(model.device), model.backend, top_k, decode.value, explain)
+                     str(model.device), model.backend, top_k, decode.value, explain, model.dtype)
     return ClassifyReport(facts, _thumbnail_side())
 
 

@@ -79,7 +79,10 @@ def explain_command(
 
     Output: a PNG of the crop with the map over it and the top-k beside it (--output, or IMAGE's name +
     .gradcam.png); --format json prints the raw map and the top-k instead (and writes the PNG only with
-    --output). Exit codes: 0 done, 1 usage or setup error, 3 the image cannot be decoded.
+    --output).
+
+    Exit codes: 0 done, 1 usage or setup error, 3 the image cannot be decoded, 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM).
 
     Examples:
 

@@ -49,6 +49,7 @@ class RunFacts:
     top_k: int
     decode: str
     heatmaps: bool
+    dtype: str = "float32"  # the precision the model ran in
 
 
 class ClassifyReport:
@@ -151,7 +152,7 @@ class ClassifyReport:
                        + (' <a href="#failed">(listed below)</a>' if self.failed else "")),
             ("model", f"MobileViT-{text(f.variant.upper())}, {text(f.source)} weights"),
             ("weights", f"{text(f.weights)} ({text(f.checkpoint_format)} checkpoint)"),
-            ("run on", f"{text(f.device)}, {text(f.backend)} backend, {text(f.decode)} decoding"),
+            ("run on", f"{text(f.device)}, {text(f.backend)} backend, {text(f.dtype)}, {text(f.decode)} decoding"),
             ("time", f'<span id="seconds">{seconds:.2f}</span> s{rate}'),
             ("classes per image", f"top {f.top_k}" + (f" (the first {shown} drawn)" if shown < f.top_k else "")),
             ("thumbnails", f"at most {self.thumbnail_side} px on the longer side, JPEG quality {THUMBNAIL_QUALITY}"),

@@ -171,6 +171,8 @@ def _accuracy_section(summary: Mapping[str, Any], context: EvalContext) -> str:
     if summary.get("protocol_is_published"):
         note = (f"Published figures were measured with {text(context.published_protocol)}, as this run was."
                 if published else "No published figure exists for this set and variant.")
+        if summary.get("dtype", "float32") != "float32":
+            note += f" This run computed in {text(summary['dtype'])}; the published figures in float32."
     else:
         note = (f"This run's preprocessing ({text(context.preprocessing)}) differs from the published protocol "
                 f"({text(context.published_protocol)}): no published figure is set beside it.")
@@ -193,7 +195,8 @@ def _run_section(summary: Mapping[str, Any], context: EvalContext) -> str:
         ("labels", text(s["labels"] or "the folder names")),
         ("classes", text(context.classes)),
         ("preprocessing", f"{text(context.preprocessing)} <span class=\"muted\">({protocol_note})</span>"),
-        ("model", f"MobileViT-{text(str(s['variant']).upper())}, {text(s['source'])} weights"),
+        ("model", f"MobileViT-{text(str(s['variant']).upper())}, {text(s['source'])} weights, "
+                  f"{text(s.get('dtype', 'float32'))}"),
         ("checkpoint", f"{text(checkpoint.get('path', ''))} ({text(checkpoint.get('format', ''))})"),
         ("images evaluated", f'<span id="images">{s["images"]:,}</span>'),
         ("failed", f'<span id="failed">{s["failed"]:,}</span>'
