@@ -138,7 +138,7 @@ def classify_command(
 
     --report FILE.html writes a page to look at the results: thumbnails (at most 128 px, made from the decode
     the classification used) with their top-k as bars, filter by class, sort by confidence; --explain adds a
-    Grad-CAM heatmap per image. About 4-5 KB per image (10,000 photos: ~45 MB).
+    Grad-CAM heatmap per image. About 5.4 KB per image (10,000 photos: 54 MB).
 
     Exit codes: 0 all classified, 1 usage or setup error, 3 some inputs failed, 130 interrupted (Ctrl-C),
     143 terminated (SIGTERM); output written so far stays valid.

@@ -13,8 +13,8 @@ import io
 from PIL import Image
 
 # Longest side of report thumbnails, in pixels, and their JPEG quality. 128 px at quality 70: 2.9 KB on average
-# for the 100 ImageNet photos of ../shared/imagenet-sample-100 (160 px: 4.1 KB; quality 80: 3.5 KB), which keeps
-# a report of 10,000 images under ~50 MB while a label's photo is still recognisable in a grid.
+# for the 100 ImageNet photos of ../shared/imagenet-sample-100 (160 px: 4.1 KB; quality 80: 3.5 KB): a report of
+# 10,000 photos is 54 MB (benchmarks/report_size.py), and a photo is still recognisable in the grid.
 THUMBNAIL_MAX_SIDE = 128
 THUMBNAIL_QUALITY = 70
 

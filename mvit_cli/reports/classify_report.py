@@ -6,9 +6,9 @@ disk) as the batch arrives, so a job of any size holds only counts in memory, an
 front of them at the end. Thumbnails are the pipeline's own (`Result.thumbnail`, made from the decode the
 classification used); nothing is read again.
 
-Size: each image costs its thumbnail (longest side `THUMBNAIL_MAX_SIDE` px, JPEG quality 70: ~3 KB for a photo,
-4 KB as base64) plus ~0.9 KB of markup for five bars; measured for 10,000 images in the README ("Reports and
-heatmaps"). The page stays usable at that size: the cards are laid out and their images decoded only near the
+Size: each image costs its thumbnail (longest side `THUMBNAIL_MAX_SIDE` px, JPEG quality 70: ~2.9 KB for a photo,
+3.9 KB as base64) plus ~1.5 KB of markup for five bars: 54 MB for 10,000 photos (benchmarks/report_size.py;
+README, "Reports and heatmaps"). The page stays usable at that size: the cards are laid out and their images decoded only near the
 screen (content-visibility, lazy images), and the scripts only hide and reorder existing cards.
 """
 
