@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mvit_cli import describe, loading, manifest, runners
+from mvit_cli import describe, explain, loading, manifest, runners
 from mvit_cli.distributed import Distributed, gather_in_order, shard
 from mvit_cli.errors import ImageDecodeError
 from mvit_cli.model import PooledFeatures
@@ -35,14 +35,15 @@ from mvit_cli.pipeline.batching import iter_batches, run_batches
 from mvit_cli.pipeline.fetch import FetchLimits, is_url
 from mvit_cli.pipeline.images import decode_image
 from mvit_cli.pipeline.inputs import ImageInput, display_name
-from mvit_cli.pipeline.records import Prediction, Result, results_of
+from mvit_cli.pipeline.records import Prediction, Result, results_of, top_k_predictions
 from mvit_cli.pipeline.sources import ReadPolicy, Url
-from mvit_cli.preprocess import Preprocessing, preprocess
+from mvit_cli.pipeline.thumbnails import THUMBNAIL_MAX_SIDE, jpeg_thumbnail
+from mvit_cli.preprocess import Preprocessing, preprocess, to_image
 
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray, ImageInput]
 Warn = Callable[[str], None]
 
-__all__ = ["Classifier", "Embedding", "ImageLike", "Prediction", "Result", "load"]
+__all__ = ["Classifier", "Embedding", "Explained", "ImageLike", "Prediction", "Result", "load"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,16 @@ class Embedding:
     path: str
     features: np.ndarray | None  # [F] float32
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Explained:
+    """Where in an image the evidence for a class lies (Grad-CAM), with the image's top-k as classify gives it."""
+
+    result: Result  # the image's top-k, exactly as `classify` gives them
+    explained: Prediction  # the class the map is for (top-1 unless asked otherwise), ranked among all 1000
+    explanation: explain.Explanation  # the map: `heatmap` in [0, 1], `raw`, `layer`
+    image: Image.Image  # the crop the model saw (after resize and crop), which the map covers
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,8 @@ class _State:
     by_trace: dict[bool, loading.LoadedModel] = field(default_factory=dict)  # see `_model_for`
     features: runners.Runner | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Grad-CAM hooks the plain module: one map at a time, or concurrent calls would capture each other's layers.
+    gradcam_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def load(variant: str | None = None, source: str | None = None, weights: str | os.PathLike | None = None,
@@ -247,6 +260,8 @@ class Classifier:
         forbidden_files: Iterable[tuple[int, int]] = (),
         job: Distributed | None = None,
         total: int | None = None,
+        thumbnail_side: int | None = None,
+        heatmaps: bool = False,
     ) -> Iterator[list[Result]]:
         """The results of each batch, in input order, as soon as the batch has been through the model.
 
@@ -261,6 +276,10 @@ class Classifier:
         empty lists, one per step). Every process must be given the same inputs.
         total: the job's whole size, when `images` is only part of it (a resumed job, a shard) or has no len()
         (see `_model_for`); default: len(images) where it has one.
+        thumbnail_side: give each result a JPEG thumbnail of its decoded image that fits this square
+        (`Result.thumbnail`), made on the decoding threads from the same decode (nothing is read twice).
+        heatmaps: give each result a JPEG of the Grad-CAM map of its top-1 class over the crop the model saw
+        (`Result.heatmap`, fitting `thumbnail_side`, default 128 px); costs a backward pass per image.
         """
         if not 1 <= top_k <= 1000:
             raise ValueError(f"top_k must be between 1 and 1000, not {top_k}")
@@ -271,15 +290,70 @@ class Classifier:
         if job is not None:
             inputs = shard(inputs, job)
         batches = iter_batches(inputs, model.preprocessing, batch_size, workers, fast_decode=fast_decode,
-                               source_of=lambda item: item.source, policy=policy)
+                               source_of=lambda item: item.source, policy=policy, thumbnail_side=thumbnail_side)
+        heatmap_side = thumbnail_side or THUMBNAIL_MAX_SIDE
         try:
-            per_batch = (results_of(batch, logits, top_k) for batch, logits in run_batches(batches, model.run))
+            per_batch = (self._with_heatmaps(batch, results_of(batch, logits, top_k), heatmap_side) if heatmaps
+                         else results_of(batch, logits, top_k) for batch, logits in run_batches(batches, model.run))
             if job is None:
                 yield from per_batch
             else:
                 yield from gather_in_order(per_batch, job)
         finally:
             batches.close()  # cancels reads in flight (URL downloads) now, not at garbage collection
+
+    def _with_heatmaps(self, batch, results: list[Result], side: int) -> list[Result]:
+        """The batch's results (one per position, in order), each classified one with its top-1's heatmap."""
+        rows = {position: row for row, position in enumerate(batch.indices)}
+        pictured = []
+        for position, result in enumerate(results, start=batch.start):
+            if result.ok:
+                image = batch.images[rows[position]]
+                explanation = self._gradcam(image, result.predictions[0].index)
+                crop = to_image(image, self.preprocessing)
+                result = replace(result, heatmap=jpeg_thumbnail(explain.overlay(crop, explanation.heatmap), side))
+            pictured.append(result)
+        return pictured
+
+    def _gradcam(self, image: torch.Tensor, class_index: int | None,
+                 layer: str = explain.DEFAULT_LAYER) -> explain.Explanation:
+        state = self._ensure_loaded()
+        with state.gradcam_lock:
+            return explain.gradcam(state.model.module, image, class_index, layer)
+
+    # ------------------------------------------------------------------------------------------ explain
+
+    def explain(self, image: ImageLike, class_index: int | None = None, top_k: int = 5,
+                layer: str = explain.DEFAULT_LAYER, *, max_download_bytes: int | None = None,
+                download_timeout: float | None = None,
+                forbidden_files: Iterable[tuple[int, int]] = ()) -> Explained:
+        """Grad-CAM of one image (`mvit_cli.explain`): where the evidence for `class_index` (default: the top-1
+        class) lies, at `layer` (default final_conv, the last spatial map). The image is read and decoded as
+        `classify` does (EXIF orientation applied), and its top-k are those `classify` gives.
+
+        Raises ImageDecodeError when the image cannot be read or decoded, ValueError for a bad class or layer.
+        """
+        if not 1 <= top_k <= 1000:
+            raise ValueError(f"top_k must be between 1 and 1000, not {top_k}")
+        model = self._model_for(1)
+        (item,) = list(as_inputs([image]))
+        policy = _policy(max_download_bytes, download_timeout, forbidden_files)
+        batches = iter_batches([item], model.preprocessing, 1, 0, source_of=lambda i: i.source, policy=policy)
+        try:
+            batch = next(batches)
+        finally:
+            batches.close()
+        if batch.failures:
+            raise ImageDecodeError(f"{item.name}: {batch.failures[0][1]}")
+        (ranking,) = top_k_predictions(model.run(batch.images), 1000)  # every class, most probable first
+        if class_index is None:
+            chosen = ranking[0]
+        else:
+            wanted = explain.check_class_index(class_index, len(ranking))
+            chosen = next(p for p in ranking if p.index == wanted)
+        explanation = self._gradcam(batch.images[0], chosen.index, layer)
+        return Explained(Result(item.name, ranking[:top_k]), chosen, explanation,
+                         to_image(batch.images[0], model.preprocessing))
 
     def _batching(self, batch_size: int | None, workers: int | None) -> tuple[int, int]:
         if batch_size is not None and batch_size < 1:

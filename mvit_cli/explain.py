@@ -90,7 +90,7 @@ def gradcam(
     module = _find_layer(model, layer)
     _check_image(image)
     if class_index is not None:
-        class_index = _check_class_index(class_index, model.cfg.num_classes)
+        class_index = check_class_index(class_index, model.cfg.num_classes)
     param = next(model.parameters())
     with torch.inference_mode(False), torch.enable_grad(), _eval_mode(model), _capture_outputs(module) as outputs:
         # A clone made outside inference mode is a normal tensor, usable by autograd even when `image` is an
@@ -144,7 +144,8 @@ def _check_image(image: torch.Tensor) -> None:
         raise ValueError(f"expected a floating-point image, got {image.dtype}")
 
 
-def _check_class_index(class_index: int, num_classes: int) -> int:
+def check_class_index(class_index: int, num_classes: int) -> int:
+    """`class_index` as an int, or ValueError when it is not an integer in 0 .. num_classes - 1."""
     if isinstance(class_index, bool):  # an int subclass, but never meant as a class
         raise ValueError(f"class_index must be an integer, got {class_index!r}")
     try:

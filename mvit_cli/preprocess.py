@@ -117,3 +117,14 @@ def preprocess(image: Image.Image, p: Preprocessing) -> torch.Tensor:
     """Decoded RGB image -> model input [3, crop_size, crop_size] float32 (contiguous)."""
     pixels = torch.from_numpy(to_uint8_hwc(resize_and_crop(image, p)).copy()).permute(2, 0, 1)
     return normalize(pixels, p).contiguous()
+
+
+def to_image(tensor: torch.Tensor, p: Preprocessing) -> Image.Image:
+    """A model input [3, H, W] (as `normalize` makes it) back to the RGB picture it was made from: the crop the
+    model saw, for drawing on (heatmaps). Exact for inputs made from 8-bit pixels (rounding undoes the float
+    error of the scaling)."""
+    x = tensor.detach().float().cpu()
+    if p.mean != (0.0, 0.0, 0.0) or p.std != (1.0, 1.0, 1.0):
+        x = x * torch.tensor(p.std).view(3, 1, 1) + torch.tensor(p.mean).view(3, 1, 1)
+    pixels = torch.clamp(torch.round(x * 255), 0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+    return Image.fromarray(pixels.numpy(), "RGB")

@@ -78,7 +78,8 @@ def runs(material):
         out.mkdir()
         command = [*launcher, "-m", "mvit_cli", "eval", str(directory), "--weights", str(checkpoint),
                    "--format", "json", "--workers", "0", "--batch-size", "2", "--device", "cpu",
-                   "--predictions", str(out / "predictions.csv"), "--per-class", str(out / "per_class.csv")]
+                   "--predictions", str(out / "predictions.csv"), "--per-class", str(out / "per_class.csv"),
+                   "--report", str(out / "report.html")]
         done = subprocess.run(command, capture_output=True, text=True, env=environment(root), timeout=240)
         return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "out": out}
 
@@ -147,6 +148,28 @@ def test_gathered_files_are_complete_and_equal(runs):
         assert [float(a[f"prob{k}"]) for k in range(1, 6)] == pytest.approx(
             [float(b[f"prob{k}"]) for k in range(1, 6)], rel=1e-5)
     assert (single["out"] / "per_class.csv").read_text() == (torchrun["out"] / "per_class.csv").read_text()
+
+
+@pytest.mark.slow
+def test_rank_zero_writes_the_report_of_the_whole_set(runs):
+    """The HTML report of two processes shows what one process's shows (the per-image predictions behind its
+    calibration and confusions are gathered on rank 0), and says it ran on two."""
+    from test_reports import parse_html
+
+    _, single, torchrun = runs
+    one, two = (parse_html(run["out"] / "report.html") for run in (single, torchrun))
+    for table in ("accuracy-table", "per-class-table", "confusions-table"):
+        assert [row.attrs for row in one.find("table", id=table).iter() if row.tag in ("tr", "td")] == \
+            [row.attrs for row in two.find("table", id=table).iter() if row.tag in ("tr", "td")], table
+    assert [(c.find("img").attrs["src"], c.attrs["title"]) for c in one.find(id="confusions").find_all("figure")] \
+        == [(c.find("img").attrs["src"], c.attrs["title"]) for c in two.find(id="confusions").find_all("figure")]
+    bins_one, bins_two = (page.find("table", id="bins-table").find_all("tr")[1:] for page in (one, two))
+    assert [(b.attrs["data-images"], b.attrs["data-correct"]) for b in bins_one] == \
+        [(b.attrs["data-images"], b.attrs["data-correct"]) for b in bins_two]
+    assert float(one.find(id="ece").attrs["data-value"]) == pytest.approx(float(two.find(id="ece").attrs["data-value"]),
+                                                                          abs=1e-6)
+    assert "2 processes" in two.find("table", id="run-table").text()
+    assert torchrun["stderr"].count("report written") == 1  # rank 0 only
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -220,14 +221,19 @@ def test_two_process_classify_and_embed_write_exactly_the_single_process_output(
     broken.write_bytes(b"not an image")
     inputs = [*photos[:5], broken, *photos[5:]]  # 12 inputs with one failure: shards of 6, odd batches
     single = tmp_path / "single.jsonl"
-    assert classify(*inputs, "--format", "jsonl", "--batch-size", "3", "-o", single,
-                    checkpoint=xxs_checkpoint.path).returncode == 3
+    assert classify(*inputs, "--format", "jsonl", "--batch-size", "3", "-o", single, "--report",
+                    tmp_path / "single.html", checkpoint=xxs_checkpoint.path).returncode == 3
     double = tmp_path / "double.jsonl"
     done = torchrun("classify", *inputs, "--format", "jsonl", "--batch-size", "3", "-o", double, "--weights",
-                    xxs_checkpoint.path, tmp_path=tmp_path)
+                    xxs_checkpoint.path, "--report", tmp_path / "double.html", tmp_path=tmp_path)
     # mvit exits 3 (one input failed); torchrun reports that as its own failure.
     assert "exitcode  : 3" in done.stderr or done.returncode == 3, done.stderr
     assert double.read_bytes() == single.read_bytes()
+    # Rank 0 writes the report, with every process's thumbnails (they travel with the results): the same cards.
+    grids = [re.search(r'<section id="grid".*?</section>', (tmp_path / f"{name}.html").read_text(), re.S).group()
+             for name in ("single", "double")]
+    assert grids[0] == grids[1] and grids[0].count('class="thumb"') == len(inputs) - 1
+    assert done.stderr.count("report written") == 1
 
     embedded = tmp_path / "double.npz"
     torchrun("embed", *inputs[:7], "-o", embedded, "--weights", xxs_checkpoint.path, tmp_path=tmp_path)

@@ -32,7 +32,7 @@ from mvit_cli.cli._options import (
 from mvit_cli.cli.resume import not_done
 from mvit_cli.distributed import broadcast_from_main
 from mvit_cli.pipeline.batching import num_batches
-from mvit_cli.safe_output import check_output, identity
+from mvit_cli.safe_output import check_distinct, check_output, identity
 from mvit_cli.errors import EXIT_OK, EXIT_PARTIAL, UsageError
 
 
@@ -105,6 +105,17 @@ def classify_command(
     no_recursive: Annotated[
         bool, typer.Option("--no-recursive", help="Take only the images directly inside each folder.")
     ] = False,
+    report_file: Annotated[
+        Optional[Path],
+        typer.Option("--report", dir_okay=False, help="Also write an HTML report: a thumbnail of every image with "
+                     "its top-k as bars, failed inputs with their errors, a summary; filter and sort in the page. "
+                     "One self-contained file that opens offline."),
+    ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option("--explain", help="With --report: a Grad-CAM heatmap of each image's top-1 class beside its "
+                     "thumbnail (one backward pass per image: a few times slower)."),
+    ] = False,
     cache_dir: CacheDirOpt = None,
     offline: OfflineOpt = False,
 ) -> int:
@@ -125,6 +136,10 @@ def classify_command(
     FILE holds and appends the rest. Under torchrun each process classifies its share and rank 0 writes FILE,
     in input order.
 
+    --report FILE.html writes a page to look at the results: thumbnails (at most 128 px, made from the decode
+    the classification used) with their top-k as bars, filter by class, sort by confidence; --explain adds a
+    Grad-CAM heatmap per image. About 5.4 KB per image (10,000 photos: 54 MB).
+
     Exit codes: 0 all classified, 1 usage or setup error, 3 some inputs failed, 130 interrupted (Ctrl-C),
     143 terminated (SIGTERM); output written so far stays valid.
 
@@ -140,6 +155,8 @@ def classify_command(
 
       mvit classify --files-from list.txt --format jsonl -o out.jsonl --resume
 
+      mvit classify photos/ --report photos.html --explain
+
       torchrun --nproc-per-node 4 -m mvit_cli classify photos/ --format jsonl -o out.jsonl
     """
     from mvit_cli import api
@@ -149,14 +166,23 @@ def classify_command(
 
     if resume and (output_file is None or output_format not in RESUMABLE):
         raise UsageError("--resume continues an --output FILE written as jsonl or csv; give both")
+    if explain and report_file is None:
+        raise UsageError("--explain puts heatmaps into the --report; give --report FILE.html too "
+                         "(or see one image's heatmap with mvit explain IMAGE)")
+    if resume and report_file is not None:
+        raise UsageError("--report describes the images of one run, and --resume skips those done before; "
+                         "make the report in a run without --resume")
     job = Job(device.value)
+    report = None
     try:
         # Inputs are found before the model is loaded: a typo is reported in a second, not after a download.
         inputs = gather_inputs(paths or [], files_from, not no_recursive, output.warn, ReadPolicy())
-        forbidden: frozenset[tuple[int, int]] = frozenset()
-        if output_file is not None:
-            _check_output(output_file, inputs, weights, resume)
-            forbidden = frozenset(key for key in (identity(output_file),) if key is not None)
+        check_distinct({"--output": output_file, "--report": report_file})
+        for role, path in (("--output", output_file), ("--report", report_file)):
+            if path is not None:
+                _check_output(path, role, inputs, weights)
+        outputs = (identity(path) for path in (output_file, report_file) if path is not None)
+        forbidden = frozenset(key for key in outputs if key is not None)
         done = _already_done(output_file, output_format, top_k) if resume and job.is_main else None
         skip = broadcast_from_main(done.paths if done else None, job.distributed)
         classifier = api.load(
@@ -167,6 +193,7 @@ def classify_command(
         )
         if dtype is Dtype.auto and job.is_main:
             output.warn(f"--dtype auto: running in {classifier.dtype}")
+        report = _new_report(classifier, top_k, decode, explain) if report_file and job.is_main else None
         with job.signals(), inputs.stream() as stream:
             todo = not_done(stream, skip) if skip else stream
             batches = classifier.iter_classify_batches(
@@ -174,10 +201,22 @@ def classify_command(
                 max_download_bytes=int(max_download_mb * 1e6),
                 download_timeout=download_timeout, forbidden_files=forbidden, job=job.distributed,
                 total=inputs.count,  # the whole job's size decides how the model runs: the same records resumed
+                thumbnail_side=_thumbnail_side() if report_file else None, heatmaps=explain,
             )
-            written, failed = _write(batches, output_format, output_file, done, inputs, job, classifier, batch_size)
+            try:
+                written, failed = _write(batches, output_format, output_file, done, inputs, job, classifier,
+                                         batch_size, report)
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the report shows what was done, like the other outputs
+                if report is not None:
+                    report.write(report_file, partial=True)
+                raise
+        if report is not None:
+            report.write(report_file, partial=job.stopped_code is not None)
+            output.warn(f"report written to {report_file}")
     finally:
         job.close()
+        if report is not None:
+            report.close()
 
     if job.stopped_code is not None:
         return job.stopped_code
@@ -187,10 +226,26 @@ def classify_command(
     return EXIT_OK
 
 
-def _check_output(output_file: Path, inputs, weights: Path | None, resume: bool) -> None:
-    """Refuse an --output that could harm a file, before any work is done (`safe_output`)."""
+def _check_output(path: Path, role: str, inputs, weights: Path | None) -> None:
+    """Refuse an output that could harm a file, before any work is done (`safe_output`)."""
     protected = inputs.identities() | {identity(weights)} if weights else inputs.identities()
-    check_output(output_file, "--output", protected, refuse_images=True)
+    check_output(path, role, protected, refuse_images=True)
+
+
+def _thumbnail_side() -> int:
+    from mvit_cli.pipeline.thumbnails import THUMBNAIL_MAX_SIDE
+
+    return THUMBNAIL_MAX_SIDE
+
+
+def _new_report(classifier, top_k: int, decode: Decoding, explain: bool):
+    """The report of this run (`reports.classify_report`); its clock starts now."""
+    from mvit_cli.reports.classify_report import ClassifyReport, RunFacts
+
+    model = classifier.model
+    facts = RunFacts(model.variant, model.source, str(model.weights_path), model.checkpoint_format,
+                     str(model.device), model.backend, top_k, decode.value, explain, model.dtype)
+    return ClassifyReport(facts, _thumbnail_side())
 
 
 def _already_done(output_file: Path, output_format: ClassifyFormat, top_k: int):
@@ -206,8 +261,9 @@ def _already_done(output_file: Path, output_format: ClassifyFormat, top_k: int):
 
 
 def _write(batches, output_format: ClassifyFormat, output_file: Path | None, done, inputs, job, classifier,
-           batch_size: int | None) -> tuple[int, int]:
-    """Render every batch on the main process; (inputs written, inputs that failed)."""
+           batch_size: int | None, report=None) -> tuple[int, int]:
+    """Render every batch on the main process (and add it to the `report`); (inputs written, inputs that
+    failed)."""
     from mvit_cli import runners
     from mvit_cli.cli import output
 
@@ -227,11 +283,15 @@ def _write(batches, output_format: ClassifyFormat, output_file: Path | None, don
         try:
             for results in batches:
                 renderer.write([result.to_dict() for result in results])
+                if report is not None:
+                    report.add(results)
                 written += len(results)
                 failed += sum(not result.ok for result in results)
                 advance(len(results))
         finally:
             renderer.close()  # also on Ctrl-C: what was written stays valid JSON / CSV
+            if report is not None:
+                report.finish()
     return written, failed
 
 

@@ -213,3 +213,21 @@ def write_per_class(file: TextIO, tally) -> None:
         info = CLASSES[c.index]
         writer.writerow([c.index, info.wnid, info.name, c.images, c.top1, c.top5,
                          f"{percent(c.top1, c.images):.2f}", f"{percent(c.top5, c.images):.2f}"])
+
+
+def write_html_report(path, summary_: dict[str, Any], result, prepared, model, choice, collector) -> None:
+    """The HTML report of one set (`reports.eval_report`), from the run's own summary, tally and predictions."""
+    from mvit_cli.evaluation import class_subsets
+    from mvit_cli.reports import eval_report as html
+
+    protocol = prepared.protocol
+    if prepared.among is not None:
+        classes = f"{prepared.classes} of {class_subsets.SUBSET_TITLES[protocol.classes]} (top-1 / top-5 among them only)"
+    else:
+        classes = f"{prepared.classes}"
+    context = html.EvalContext(protocol.title, prepared.eval_set.title, choice.describe(),
+                               manifest_protocol(model.source), classes, result.world_size,
+                               multi_label=prepared.real is not None)
+    thumbnails = html.example_thumbnails(collector.confusions())
+    failures = [(str(failure.path), failure.reason) for failure in result.failures]
+    html.write(path, html.render(summary_, context, result.tally.classes(), collector, failures, thumbnails))

@@ -123,6 +123,12 @@ def eval_command(
         Optional[Path],
         typer.Option("--per-class", dir_okay=False, help="Write per-class top-1 / top-5 accuracy as CSV."),
     ] = None,
+    report: Annotated[
+        Optional[Path],
+        typer.Option("--report", dir_okay=False, help="Also write an HTML report: accuracy beside the published "
+                     "figures, a reliability diagram with the calibration error, the most confused classes with "
+                     "example images, per-class accuracy (sortable). One self-contained file that opens offline."),
+    ] = None,
     cache_dir: CacheDirOpt = None,
     offline: OfflineOpt = False,
 ) -> int:
@@ -152,6 +158,8 @@ def eval_command(
 
       mvit eval val_flat --labels ILSVRC2012_validation_ground_truth.txt --predictions preds.csv
 
+      mvit eval /data/imagenet/val --variant xxs --report val.html
+
       torchrun --nproc-per-node 4 -m mvit_cli eval /data/imagenet/val
     """
     from mvit_cli.evaluation.resolution import Resolution
@@ -168,19 +176,19 @@ def eval_command(
             raise UsageError("give either DIR or --suite ROOT, not both")
         if dataset is not Dataset.auto:
             raise UsageError("--suite evaluates every set it finds; --dataset is for one DIR")
-        for option, value in (("--predictions", predictions), ("--per-class", per_class)):
+        for option, value in (("--predictions", predictions), ("--per-class", per_class), ("--report", report)):
             if value is not None:
                 raise UsageError(f"{option} writes one set's rows; with --suite, evaluate that set on its own")
         return _suite(suite, labels, real_labels, model_options, **run_options)
     if directory is None:
         raise UsageError("give the folder of the set to evaluate (DIR), or --suite ROOT")
-    return _one_set(directory, dataset.value, labels, real_labels, predictions, per_class, model_options,
+    return _one_set(directory, dataset.value, labels, real_labels, predictions, per_class, report, model_options,
                     **run_options)
 
 
 def _one_set(directory: Path, dataset: str, labels: Path | None, real_labels: Path | None,
-             predictions: Path | None, per_class: Path | None, model_options: dict[str, Any], *,
-             batch_size: int | None, workers: int | None, limit: int | None, wanted, json_output: bool) -> int:
+             predictions: Path | None, per_class: Path | None, report: Path | None, model_options: dict[str, Any],
+             *, batch_size: int | None, workers: int | None, limit: int | None, wanted, json_output: bool) -> int:
     from mvit_cli import distributed
     from mvit_cli.cli import eval_report, output
     from mvit_cli.evaluation import protocols
@@ -198,9 +206,9 @@ def _one_set(directory: Path, dataset: str, labels: Path | None, real_labels: Pa
         # --limit subset), a label file or the weights, also through a hard link or a symlink, would destroy it,
         # and two outputs in one file would corrupt both.
         weights = model_options["weights"]
-        check_distinct({"--predictions": predictions, "--per-class": per_class})
+        check_distinct({"--predictions": predictions, "--per-class": per_class, "--report": report})
         protected = {identity(path) for path in (*prepared.inputs, *([weights] if weights else []))}
-        for role, path in (("--predictions", predictions), ("--per-class", per_class)):
+        for role, path in (("--predictions", predictions), ("--per-class", per_class), ("--report", report)):
             if path is not None:
                 check_output(path, role, protected, "one of the set's images, its label file or the weights")
         model, choice, batch_size, workers = _load(model_options, device_name, job, wanted, batch_size, workers,
@@ -210,9 +218,11 @@ def _one_set(directory: Path, dataset: str, labels: Path | None, real_labels: Pa
             predictions_file = files.enter_context(eval_report.open_csv(predictions)) if predictions and is_main \
                 else None
             per_class_file = files.enter_context(eval_report.open_csv(per_class)) if per_class and is_main else None
-            # Under torchrun every rank must ask for predictions (to send its own to rank 0); only rank 0 writes.
-            write = eval_report.predictions_writer(predictions_file) if predictions_file else _ignore
-            result = _evaluate(prepared, model, batch_size, workers, job, write if predictions else None)
+            # Under torchrun every rank must ask for predictions (to send its own to rank 0); only rank 0 writes
+            # them and gathers the report's calibration and confusions from them.
+            collector = _report_collector() if report and is_main else None
+            on_predictions = _predictions_callback(predictions_file, collector) if predictions or report else None
+            result = _evaluate(prepared, model, batch_size, workers, job, on_predictions)
             if not is_main:  # rank 0 reports; the others exit with the same code
                 return _exit_code([result])
             if per_class_file:
@@ -222,6 +232,9 @@ def _one_set(directory: Path, dataset: str, labels: Path | None, real_labels: Pa
 
     summary = eval_report.summary(prepared, model, choice, result, limit)
     eval_report.report_failures(result)
+    if report is not None:
+        eval_report.write_html_report(report, summary, result, prepared, model, choice, collector)
+        output.warn(f"report written to {report}")
     if json_output:
         output.write_json(summary)
     else:
@@ -352,6 +365,30 @@ def _exit_code(results, unreadable: bool = False) -> int:
 
 def _ignore(rows) -> None:
     pass
+
+
+def _report_collector():
+    from mvit_cli.reports.eval_report import EvalCollector
+
+    return EvalCollector()
+
+
+def _predictions_callback(predictions_file, collector):
+    """What receives the per-image predictions: the --predictions writer and the report's collector, where this
+    process has them; nothing (but still asked for, so its predictions are sent) on the other ranks."""
+    from mvit_cli.cli import eval_report
+
+    receivers = [eval_report.predictions_writer(predictions_file)] if predictions_file else []
+    if collector is not None:
+        receivers.append(collector.add)
+    if not receivers:
+        return _ignore
+
+    def receive(rows) -> None:
+        for receiver in receivers:
+            receiver(rows)
+
+    return receive
 
 
 class _progress:

@@ -23,7 +23,7 @@ import itertools
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch
 from mvit_cli.errors import ImageDecodeError
 from mvit_cli.pipeline.images import decode_image
 from mvit_cli.pipeline.sources import ReadPolicy, Source
+from mvit_cli.pipeline.thumbnails import jpeg_thumbnail
 from mvit_cli.preprocess import Preprocessing, normalize, resize_and_crop, to_uint8_hwc
 
 Item = TypeVar("Item")
@@ -52,6 +53,9 @@ class Batch(Generic[Item]):
     indices: list[int]  # positions of the inputs that decoded OK
     images: torch.Tensor  # [len(indices), 3, H, W] float32, preprocessed; channels_last in memory
     failures: list[tuple[int, str]]  # (position, reason) of inputs that failed to decode in this batch
+    # position -> JPEG thumbnail of the decoded image, for the inputs that decoded OK (iter_batches'
+    # `thumbnail_side`; empty without it)
+    thumbnails: dict[int, bytes] = field(default_factory=dict)
 
     def item(self, position: int) -> Item:
         return self.items[position - self.start]
@@ -69,10 +73,21 @@ def load_pixels(source: Source, preprocessing: Preprocessing, exif_transpose: bo
     return to_uint8_hwc(resize_and_crop(image, preprocessing, fast))
 
 
+def load_pixels_and_thumbnail(source: Source, preprocessing: Preprocessing, exif_transpose: bool, fast: bool,
+                              policy: ReadPolicy, max_side: int) -> tuple[np.ndarray, bytes]:
+    """`load_pixels`, plus a JPEG thumbnail of the whole decoded image (upright, before the resize and crop) that
+    fits a `max_side` square: made from the same decode, so nothing is read or decoded twice."""
+    draft_shorter = preprocessing.resize_shorter if fast else None
+    image = decode_image(source, exif_transpose, draft_shorter, policy)
+    return to_uint8_hwc(resize_and_crop(image, preprocessing, fast)), jpeg_thumbnail(image, max_side)
+
+
 def _decode(source: Source, preprocessing: Preprocessing, exif_transpose: bool, fast: bool,
-            policy: ReadPolicy) -> np.ndarray | str:
-    """The image's pixels, or the reason it has none."""
+            policy: ReadPolicy, thumbnail_side: int | None = None) -> np.ndarray | tuple[np.ndarray, bytes] | str:
+    """The image's pixels (with its thumbnail when `thumbnail_side` is given), or the reason it has none."""
     try:
+        if thumbnail_side is not None:
+            return load_pixels_and_thumbnail(source, preprocessing, exif_transpose, fast, policy, thumbnail_side)
         return load_pixels(source, preprocessing, exif_transpose, fast, policy)
     except ImageDecodeError as exc:
         return str(exc)
@@ -80,8 +95,11 @@ def _decode(source: Source, preprocessing: Preprocessing, exif_transpose: bool, 
         return f"cannot process image: {type(exc).__name__}: {exc}"
 
 
-def _batch(start: int, items: list, decoded: list[np.ndarray | str], preprocessing: Preprocessing) -> Batch:
+def _batch(start: int, items: list, decoded: list, preprocessing: Preprocessing) -> Batch:
     span = range(start, start + len(items))
+    thumbnails = {position: entry[1] for position, entry in zip(span, decoded) if isinstance(entry, tuple)}
+    if thumbnails:
+        decoded = [entry[0] if isinstance(entry, tuple) else entry for entry in decoded]
     ok = [(position, pixels) for position, pixels in zip(span, decoded) if not isinstance(pixels, str)]
     failures = [(position, reason) for position, reason in zip(span, decoded) if isinstance(reason, str)]
     if ok:
@@ -90,7 +108,7 @@ def _batch(start: int, items: list, decoded: list[np.ndarray | str], preprocessi
         size = preprocessing.crop_size
         pixels = torch.empty((0, size, size, 3), dtype=torch.uint8)
     images = normalize(pixels.permute(0, 3, 1, 2), preprocessing)
-    return Batch(start, items, [position for position, _ in ok], images, failures)
+    return Batch(start, items, [position for position, _ in ok], images, failures, thumbnails)
 
 
 def batch_sizes(batch_size: int) -> Iterator[int]:
@@ -135,6 +153,7 @@ def iter_batches(
     fast_decode: bool = False,
     source_of: Callable[[Item], Source] | None = None,
     policy: ReadPolicy | None = None,
+    thumbnail_side: int | None = None,
 ) -> Iterator[Batch[Item]]:
     """Batches of preprocessed images, in input order, decoded by `workers` threads (0: on the calling thread).
 
@@ -143,19 +162,22 @@ def iter_batches(
     some batch's `indices` or in its `failures`. Batches hold `batch_size` consecutive inputs, except the first
     few, which grow to it (`batch_sizes`). `exif_transpose=False` ignores EXIF orientation, like the reference
     evaluation pipelines (see images.py). `fast_decode` trades exact reference pixels for speed (`load_pixels`).
-    `policy` bounds every read (`sources.ReadPolicy`).
+    `policy` bounds every read (`sources.ReadPolicy`). `thumbnail_side`: also make a JPEG thumbnail of each
+    decoded image that fits that square (`Batch.thumbnails`), on the decoding threads, from the same decode.
 
     Closing the iterator early (or Ctrl-C) cancels the reads in flight (URL downloads stop within a fraction of
     a second) and drops the decoding not yet started.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if thumbnail_side is not None and thumbnail_side < 1:
+        raise ValueError("thumbnail_side must be at least 1")
     cancelled = threading.Event()
     policy = replace(policy or ReadPolicy(), cancelled=cancelled)
     source_of = source_of or (lambda item: item)
 
-    def decode(item: Item) -> np.ndarray | str:
-        return _decode(source_of(item), preprocessing, exif_transpose, fast_decode, policy)
+    def decode(item: Item) -> np.ndarray | tuple[np.ndarray, bytes] | str:
+        return _decode(source_of(item), preprocessing, exif_transpose, fast_decode, policy, thumbnail_side)
 
     chunks = _chunks(items, batch_size)
     if workers <= 0:

@@ -10,7 +10,7 @@ Results come out in input order, a whole batch at a time, as soon as that batch 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -47,6 +47,10 @@ class Result:
     path: str  # the input as named in the output: the path as given, the URL, "-" for stdin, "<image #i>" ...
     predictions: tuple[Prediction, ...] = ()
     error: str | None = None
+    # Pictures for reports, only when asked for (never part of the record, nor of equality): a JPEG thumbnail of
+    # the decoded image, and a JPEG of its Grad-CAM heatmap over the crop the model saw.
+    thumbnail: bytes | None = field(default=None, repr=False, compare=False)
+    heatmap: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -88,7 +92,8 @@ def results_of(batch: Batch[ImageInput], logits: torch.Tensor | None, k: int) ->
     results: dict[int, Result] = {}
     if logits is not None:
         for position, predictions in zip(batch.indices, top_k_predictions(logits, k)):
-            results[position] = Result(batch.item(position).name, predictions)
+            results[position] = Result(batch.item(position).name, predictions,
+                                       thumbnail=batch.thumbnails.get(position))
     for position, reason in batch.failures:
         results[position] = Result(batch.item(position).name, error=reason)
     return [results[position] for position in sorted(results)]  # a batch is a contiguous run of positions
