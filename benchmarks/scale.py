@@ -21,7 +21,6 @@ background load (cores other processes kept busy) is printed with each figure.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics

@@ -47,16 +47,20 @@ class RandomCheckpoint:
     model: torch.nn.Module
 
 
-@pytest.fixture(scope="session")
-def xxs_checkpoint(tmp_path_factory) -> RandomCheckpoint:
-    """One random XXS checkpoint for the whole session (realistic activations: tests/randomize.py)."""
+def write_checkpoint(model: torch.nn.Module, path: Path, variant: str = "xxs", source: str = "timm") -> Path:
+    """`model` saved as mvit's canonical safetensors (what `mvit import` stores)."""
     import safetensors.torch
 
-    from mvit_cli.model import build_model
-    from randomize import randomize_
-
-    model = randomize_(build_model("xxs"), seed=1).eval()
-    path = tmp_path_factory.mktemp("weights") / "xxs-random.safetensors"
     safetensors.torch.save_file(model.state_dict(), str(path),
-                                metadata={"format": "mvit", "variant": "xxs", "source": "timm"})
-    return RandomCheckpoint(path, model)
+                                metadata={"format": "mvit", "variant": variant, "source": source})
+    return path
+
+
+@pytest.fixture(scope="session")
+def xxs_checkpoint(tmp_path_factory) -> RandomCheckpoint:
+    """One random XXS checkpoint for the whole session (realistic activations: mvit_cli.random_weights)."""
+    from mvit_cli.random_weights import random_model
+
+    model = random_model("xxs", seed=1)
+    return RandomCheckpoint(write_checkpoint(model, tmp_path_factory.mktemp("weights") / "xxs-random.safetensors"),
+                            model)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from image_corpus import encode, smooth_rgb
+from image_corpus import smooth_rgb
 from test_preprocess_parity import timm_eval_reference
 from mvit_cli import Classifier, Result, load
 from mvit_cli.cli.main import app

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import safetensors.torch
 import torch
 from typer.testing import CliRunner
+
+import cli_helpers
 
 from mvit_cli import benchmark
 from mvit_cli import export as export_module
 from mvit_cli.errors import ExportParityError
 from mvit_cli.cli.main import app
-from mvit_cli.model import MobileViT, build_model
-from randomize import randomize_, structured_images
+from mvit_cli.model import MobileViT
+from randomize import structured_images
 
 BENCH_KEYS = {"variant", "batch_size", "backend", "latency_ms", "images_per_second", "setup_s", "weights",
               "latency_ms_p10", "latency_ms_p90", "images_per_second_p10", "images_per_second_p90", "device"}
@@ -25,22 +26,17 @@ pytestmark = pytest.mark.usefixtures("offline_empty_cache")
 
 
 @pytest.fixture(scope="module")
-def model():
-    return randomize_(build_model("xxs"), seed=9)
+def model(xxs_checkpoint):
+    return xxs_checkpoint.model
 
 
 @pytest.fixture(scope="module")
-def weights(model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("w") / "xxs.safetensors"
-    safetensors.torch.save_file(model.state_dict(), str(path),
-                                metadata={"format": "mvit", "variant": "xxs", "source": "timm"})
-    return path
+def weights(xxs_checkpoint):
+    return xxs_checkpoint.path
 
 
 def invoke(*args: str):
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result
+    return cli_helpers.invoke(*args, code=0)
 
 
 QUICK = ("--input-size", "64", "--warmup", "0", "--repetitions", "3", "--min-seconds", "0")

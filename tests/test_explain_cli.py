@@ -15,16 +15,13 @@ from image_corpus import encode, smooth_rgb
 from PIL import Image
 from test_explain import GIVEN_CLASS, assert_maps_close, model_looking_at, patch_image, reference_gradcam
 from test_preprocess_parity import timm_eval_reference
-from typer.testing import CliRunner
 
-from mvit_cli.cli.main import app
+from cli_helpers import invoke
 from mvit_cli.labels import CLASSES
 
 pytestmark = pytest.mark.usefixtures("offline_empty_cache")
 
 
-def invoke(*args, **kwargs):
-    return CliRunner().invoke(app, [*map(str, args)], **kwargs)
 
 
 def crop_tensor(path: Path):

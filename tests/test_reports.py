@@ -25,9 +25,8 @@ import pytest
 import torch
 from image_corpus import encode, exif_rotated_jpeg, smooth_rgb
 from PIL import Image
-from typer.testing import CliRunner
 
-from mvit_cli.cli.main import app
+from cli_helpers import invoke
 from mvit_cli.pipeline.batching import iter_batches
 from mvit_cli.preprocess import Preprocessing
 
@@ -181,8 +180,6 @@ def shown(text: str) -> str:
 HOSTILE = ["<img src=x onerror=document.title='pwned'>.png", "quote\"and'apostrophe&amp;.jpg", "new\nline.png"]
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, [*map(str, args)])
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from http_fixtures import WebServer, body, chunked, hang, redirect, refused_port, status
-from image_corpus import encode, smooth_rgb
+from image_corpus import smooth_rgb
 from mvit_cli.cli.main import app
 
 MVIT = Path(sys.executable).with_name("mvit")
@@ -58,7 +58,7 @@ def test_urls_are_fetched_and_every_failure_is_its_own_record(xxs_checkpoint, ph
         good = server.route("/cat.jpg", body(jpeg))
         server.route("/a", redirect("/b"))
         server.route("/b", redirect("/c"))
-        chain = server.route("/c", redirect("/cat.jpg"))
+        server.route("/c", redirect("/cat.jpg"))
         for i in range(7):
             server.route(f"/r{i}", redirect(f"/r{i + 1}"))
         too_long = server.url("/r0")
