@@ -6,6 +6,7 @@ protocol written out in test_preprocess_parity.py and runs the plain model on it
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import csv
 import io
 import json
@@ -36,6 +37,14 @@ MVIT = Path(sys.executable).parent / "mvit"
 pytestmark = pytest.mark.usefixtures("offline_empty_cache")
 
 
+@dataclass(frozen=True)
+class ClassifySetup:
+    root: Path  # the module's folder: corpus/, refs/
+    checkpoint: Path
+    model: torch.nn.Module
+    expected: dict[str, bool]  # corpus file name -> whether it must be classified (else an error record)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("classify")
@@ -52,13 +61,13 @@ def setup(tmp_path_factory):
     refs.mkdir()
     stored.save(refs / "stored.png")
     stored.transpose(Image.Transpose.ROTATE_270).save(refs / "upright.png")  # orientation 6 undone
-    return root, checkpoint, model, expected
+    return ClassifySetup(root, checkpoint, model, expected)
 
 
 @pytest.fixture(scope="module")
 def corpus_json(setup):
     """The whole corpus classified once (JSON, top-5); the other tests use small subsets of it."""
-    root, checkpoint, _, _ = setup
+    root, checkpoint = setup.root, setup.checkpoint
     result = CliRunner().invoke(app, ["classify", str(root / "corpus"), "--weights", str(checkpoint),
                                       "--format", "json", "--workers", "0", "--batch-size", "4"],
                                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf"),
@@ -75,8 +84,7 @@ def invoke(*args) -> "object":
 
 
 def run_json(setup, *args, fmt: str = "json"):
-    root, checkpoint, _, _ = setup
-    result = invoke(*args, "--weights", checkpoint, "--format", fmt, "--workers", "0")
+    result = invoke(*args, "--weights", setup.checkpoint, "--format", fmt, "--workers", "0")
     assert "Traceback" not in result.output
     return result
 
@@ -93,7 +101,7 @@ def reference_probabilities(model, path: Path) -> torch.Tensor:
 
 
 def test_corpus_good_images_classified_bad_ones_error_records(setup, corpus_json):
-    root, _, _, expected = setup
+    expected = setup.expected
     result = corpus_json
     assert result.exit_code == 3, result.output
     assert "Traceback" not in result.output
@@ -115,7 +123,7 @@ def test_corpus_good_images_classified_bad_ones_error_records(setup, corpus_json
 
 
 def test_predictions_are_those_of_the_model(setup):
-    root, _, model, _ = setup
+    root, model = setup.root, setup.model
     names = ["upright.jpg", "png_named.jpg", "cmyk.jpg"]
     result = run_json(setup, *(root / "corpus" / n for n in names), "--top-k", "7")
     assert result.exit_code == 0, result.output
@@ -129,7 +137,7 @@ def test_predictions_are_those_of_the_model(setup):
 
 
 def test_exif_rotated_jpeg_is_classified_upright(setup):
-    root, *_ = setup
+    root = setup.root
     result = run_json(setup, root / "corpus" / "exif_rotated.jpg", root / "refs" / "upright.png",
                       root / "refs" / "stored.png", "--top-k", "1000")
     rotated, upright, stored = (
@@ -141,7 +149,7 @@ def test_exif_rotated_jpeg_is_classified_upright(setup):
 
 
 def test_top_k_sorted_and_summing_to_at_most_one(setup, corpus_json):
-    root, *_ = setup
+    root = setup.root
     subset = [root / "corpus" / name for name in SUBSET]
     runs = {5: json.loads(corpus_json.stdout)}
     runs.update({k: json.loads(run_json(setup, *subset, "--top-k", str(k)).stdout) for k in (1, 1000)})
@@ -162,7 +170,7 @@ def test_top_k_sorted_and_summing_to_at_most_one(setup, corpus_json):
 
 
 def test_json_jsonl_csv_agree(setup):
-    root, *_ = setup
+    root = setup.root
     subset = [root / "corpus" / name for name in SUBSET]
     as_json = json.loads(run_json(setup, *subset, fmt="json").stdout)
     as_jsonl = [json.loads(line) for line in run_json(setup, *subset, fmt="jsonl").stdout.splitlines()]
@@ -186,7 +194,7 @@ def test_json_jsonl_csv_agree(setup):
 
 
 def test_batch_size_and_workers_do_not_change_results(setup):
-    root, checkpoint, _, _ = setup
+    root, checkpoint = setup.root, setup.checkpoint
     subset = [root / "corpus" / name for name in ("text.jpg", "cmyk.jpg", "rgba.png", "bomb.png", "one_pixel.png",
                                                    "wide_4000x10.png")]
     one = json.loads(run_json(setup, *subset, "--batch-size", "1").stdout)
@@ -202,7 +210,7 @@ def test_batch_size_and_workers_do_not_change_results(setup):
 
 
 def test_output_file_and_clean_stdout(setup, tmp_path):
-    root, checkpoint, _, _ = setup
+    root, checkpoint = setup.root, setup.checkpoint
     out = tmp_path / "results.jsonl"
     result = invoke(root / "corpus" / "upright.jpg", "--weights", checkpoint, "--format", "jsonl", "--output", out)
     assert result.exit_code == 0, result.output
@@ -212,7 +220,7 @@ def test_output_file_and_clean_stdout(setup, tmp_path):
 
 
 def test_table_one_table_per_image_for_a_few(setup, corpus_json, monkeypatch):
-    root, checkpoint, _, _ = setup
+    root, checkpoint = setup.root, setup.checkpoint
     monkeypatch.chdir(root)
     result = invoke("corpus/upright.jpg", "corpus/zero_bytes.jpg", "--weights", checkpoint)
     assert result.exit_code == 3
@@ -226,7 +234,7 @@ def test_table_one_table_per_image_for_a_few(setup, corpus_json, monkeypatch):
 
 
 def test_table_one_row_per_image_for_many(setup, corpus_json, monkeypatch):
-    root, checkpoint, _, _ = setup
+    root, checkpoint = setup.root, setup.checkpoint
     monkeypatch.chdir(root)
     names = ["upright.jpg", "zero_bytes.jpg", "png_named.jpg", "rgba.png", "bomb.png"]
     result = CliRunner().invoke(app, ["classify", *(f"corpus/{n}" for n in names), "--weights", str(checkpoint)],
@@ -268,7 +276,7 @@ def test_usage_errors_exit_1_with_one_clear_line(tmp_path, args, message):
 
 def test_installed_mvit_streams_jsonl_with_progress_on_a_terminal(setup):
     """The real console script: stdin as '-', stdout a pipe (clean JSONL), stderr a terminal (progress bar)."""
-    root, checkpoint, _, _ = setup
+    root, checkpoint = setup.root, setup.checkpoint
     corpus = root / "corpus"
     master, slave = pty.openpty()
     env = {**os.environ, "TERM": "xterm", "COLUMNS": "120", "HF_HUB_OFFLINE": "1",
@@ -313,7 +321,7 @@ def test_a_folder_run_writes_nothing_but_its_summary_to_stderr(setup, tmp_path):
     """Several batches, decoding threads and per-core model threads at once: stderr carries the failure summary
     only. Tracer warnings once leaked there: decoding threads reset the warning filters while the model was
     being traced (photo-sized images keep the decoders busy during the trace)."""
-    root, checkpoint, _, _ = setup
+    root, checkpoint = setup.root, setup.checkpoint
     for i in range(24):
         smooth_rgb(1600, 1200, seed=i).save(tmp_path / f"photo_{i:02d}.jpg", quality=90)
     (tmp_path / "zz_broken.jpg").write_bytes(b"not a jpeg")
@@ -329,7 +337,7 @@ def test_a_folder_run_writes_nothing_but_its_summary_to_stderr(setup, tmp_path):
 
 def test_table_shows_paths_verbatim_even_with_brackets(setup, tmp_path, monkeypatch):
     """rich reads "[...]" as markup; a file called "[bold]cat.jpg" must still be shown as it is named."""
-    root, checkpoint, _, _ = setup
+    root, checkpoint = setup.root, setup.checkpoint
     monkeypatch.chdir(tmp_path)
     data = (root / "corpus" / "upright.jpg").read_bytes()
     names = ["[bold]cat.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
@@ -345,11 +353,11 @@ def test_table_shows_paths_verbatim_even_with_brackets(setup, tmp_path, monkeypa
 
 def test_onnxruntime_backend_gives_the_models_probabilities(setup, tmp_path):
     pytest.importorskip("onnxruntime")
-    root, _, model, _ = setup
+    root, model = setup.root, setup.model
     # A copy of the checkpoint in its own folder: the backend caches its ONNX export next to the weights.
     checkpoint = tmp_path / "weights" / "xxs.safetensors"
     checkpoint.parent.mkdir()
-    checkpoint.write_bytes(setup[1].read_bytes())
+    checkpoint.write_bytes(setup.checkpoint.read_bytes())
     images = [root / "corpus" / "upright.jpg", root / "corpus" / "png_named.jpg"]
     result = invoke(*images, "--weights", checkpoint, "--format", "json", "--workers", "0",
                     "--backend", "onnxruntime", "--top-k", "3")
@@ -384,7 +392,7 @@ def test_compact_table_keeps_one_line_per_image_and_shows_file_names():
 def test_redirected_tables_keep_every_character(setup, tmp_path):
     """Not a terminal (a file, a pipe): no width guess of 80, nothing cut; the same run on an 80-column terminal
     cuts the paths at the front."""
-    root, checkpoint, _, _ = setup
+    checkpoint = setup.checkpoint
     deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "and-another-level-of-folders"
     names = [deep / f"photograph-with-a-long-descriptive-name-{i:02d}.png" for i in range(6)]
     for i, name in enumerate(names):

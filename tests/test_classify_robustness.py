@@ -13,22 +13,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 
 from image_corpus import smooth_rgb
-from randomize import randomize_
-from mvit_cli.model import build_model
 
 MVIT = Path(sys.executable).with_name("mvit")
 pytestmark = pytest.mark.usefixtures("offline_empty_cache")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "xxs.safetensors"
-    safetensors.torch.save_file(randomize_(build_model("xxs"), seed=2).state_dict(), str(path),
-                                metadata={"format": "mvit", "variant": "xxs", "source": "timm"})
-    return path
+def checkpoint(xxs_checkpoint) -> Path:
+    return xxs_checkpoint.path
 
 
 def photo(path: Path, seed: int = 0) -> Path:

@@ -6,6 +6,7 @@ image files itself and picks each image's true class from those logits (some hit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import csv
 import io
 import json
@@ -17,9 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from eval_helpers import (
+    ValSet,
     ILSVRC_ID,
     KNOWN,
     count_hits,
@@ -40,13 +43,21 @@ JSON_KEYS = {"dataset", "layout", "variant", "source", "classes", "input_size", 
 pytestmark = pytest.mark.usefixtures("offline_empty_cache")
 
 
+@dataclass(frozen=True)
+class EvalSetup:
+    checkpoint: Path
+    val_set: ValSet
+    model: torch.nn.Module
+    root: Path
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     checkpoint = root / "xxs-random.safetensors"
     model = make_checkpoint(checkpoint)
     val_set = make_val_set(model, root / "staged", N_IMAGES)
-    return checkpoint, val_set, model, root
+    return EvalSetup(checkpoint, val_set, model, root)
 
 
 def run_eval(*args: str):
@@ -66,7 +77,7 @@ def assert_counts(summary: dict, images: int, top1: int, top5: int) -> None:
 
 
 def test_expected_answers_have_teeth(setup):
-    _, val_set, _, _ = setup
+    val_set = setup.val_set
     top1, top5 = val_set.expected
     assert 0 < top1 < top5 < N_IMAGES
     # An image/label misalignment (labels shifted by one) would change the counts.
@@ -76,7 +87,7 @@ def test_expected_answers_have_teeth(setup):
 
 @pytest.mark.parametrize("layout", ["folders", "devkit", "kaggle"])
 def test_each_layout_gives_the_exact_counts(setup, layout, tmp_path):
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     writer = {"folders": write_class_folders, "devkit": write_devkit, "kaggle": write_kaggle}[layout]
     directory = writer(val_set, tmp_path / "data")
     summary, result = run_json(directory, checkpoint)
@@ -95,7 +106,7 @@ def test_each_layout_gives_the_exact_counts(setup, layout, tmp_path):
 
 def test_devkit_numbers_are_read_in_devkit_class_order(setup, tmp_path):
     """ILSVRC2012_ID k is not output index k - 1: reading it so would give no hit at all here."""
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     assert all(ilsvrc - 1 != index for _, index, ilsvrc in KNOWN)
     wrong = [ILSVRC_ID[t] - 1 for t in val_set.targets]
     assert count_hits(val_set.logits, wrong) == (0, 0)
@@ -111,7 +122,7 @@ def test_devkit_numbers_are_read_in_devkit_class_order(setup, tmp_path):
 
 
 def test_flat_folder_without_labels_is_refused(setup, tmp_path):
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_devkit(val_set, tmp_path / "data")
     (directory.parent / "ILSVRC2012_validation_ground_truth.txt").unlink()
     result = run_eval(directory, "--weights", checkpoint, "--format", "json")
@@ -124,7 +135,7 @@ def test_flat_folder_without_labels_is_refused(setup, tmp_path):
 
 
 def test_corrupt_images_are_counted_as_failed_and_exit_3(setup, tmp_path):
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_class_folders(val_set, tmp_path / "data")
     good = val_set.files[0].read_bytes()
     first_class = directory / sorted(p.name for p in directory.iterdir())[0]
@@ -139,7 +150,7 @@ def test_corrupt_images_are_counted_as_failed_and_exit_3(setup, tmp_path):
 
 
 def test_table_output(setup, tmp_path):
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_kaggle(val_set, tmp_path / "data")
     result = run_eval(directory, "--weights", checkpoint, "--workers", "0")
     assert result.exit_code == 0, result.output
@@ -151,7 +162,7 @@ def test_table_output(setup, tmp_path):
 
 
 def test_predictions_and_per_class_files(setup, tmp_path):
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_devkit(val_set, tmp_path / "data")
     predictions, per_class = tmp_path / "predictions.csv", tmp_path / "per_class.csv"
     summary, result = run_json(directory, checkpoint, "--predictions", predictions, "--per-class", per_class)
@@ -181,7 +192,7 @@ def test_predictions_and_per_class_files(setup, tmp_path):
 
 
 def test_limit_takes_a_class_balanced_subset(setup, tmp_path):
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_class_folders(val_set, tmp_path / "data")
     predictions = tmp_path / "p.csv"
     summary, result = run_json(directory, checkpoint, "--limit", "4", "--predictions", predictions)
@@ -195,7 +206,7 @@ def test_limit_takes_a_class_balanced_subset(setup, tmp_path):
 
 
 def test_unknown_class_folder_is_named(setup, tmp_path):
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_class_folders(val_set, tmp_path / "data")
     (directory / "n99999999").mkdir()
     result = run_eval(directory, "--weights", checkpoint)
@@ -210,7 +221,7 @@ def test_help_has_examples():
 @pytest.mark.slow
 def test_ctrl_c_prints_a_partial_result(setup, tmp_path):
     """A real Ctrl-C (SIGINT to the whole process group, decoding workers included) mid-run."""
-    checkpoint, _, model, root = setup
+    checkpoint, model = setup.checkpoint, setup.model
     val_set = make_val_set(model, tmp_path / "staged", 40, seed=1)
     directory = write_class_folders(val_set, tmp_path / "data")
     predictions = tmp_path / "p.csv"
@@ -247,7 +258,7 @@ def test_exif_orientation_is_ignored_like_the_reference_pipelines(setup, tmp_pat
 
     from eval_helpers import logits_of_files, make_pictures
 
-    checkpoint, _, model, _ = setup
+    checkpoint, model = setup.checkpoint, setup.model
     stored = make_pictures(1, seed=7)[0].resize((96, 64))  # not square: a 90-degree turn changes the crop
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
@@ -270,7 +281,7 @@ def test_exif_orientation_is_ignored_like_the_reference_pipelines(setup, tmp_pat
 
 def test_onnxruntime_backend_gives_the_exact_counts(setup, tmp_path):
     pytest.importorskip("onnxruntime")
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     weights = tmp_path / "weights" / checkpoint.name  # its own folder: the ONNX export is cached beside it
     weights.parent.mkdir()
     weights.write_bytes(checkpoint.read_bytes())
@@ -282,7 +293,7 @@ def test_onnxruntime_backend_gives_the_exact_counts(setup, tmp_path):
 
 def test_unwritable_per_class_file_fails_before_the_evaluation(setup, tmp_path):
     # It was opened only after the whole set had been evaluated: an hour of ImageNet lost to a typo.
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_class_folders(val_set, tmp_path / "data")
     predictions = tmp_path / "predictions.csv"
     result = run_eval(directory, "--weights", checkpoint, "--workers", "0", "--predictions", predictions,
@@ -311,7 +322,7 @@ def copied_class_folders(val_set, root: Path) -> Path:
 def test_predictions_aimed_at_an_image_is_refused(setup, tmp_path, aim):
     # Issue 18, finding 4: eval truncated the image (classify had the check, eval did not); the check must
     # compare files, not paths: a hard link has a path of its own.
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = copied_class_folders(val_set, tmp_path / "data")
     chosen = tmp_path / "chosen.csv"
     _, result = run_json(directory, checkpoint, "--limit", "2", "--predictions", chosen)
@@ -330,7 +341,7 @@ def test_predictions_aimed_at_an_image_is_refused(setup, tmp_path, aim):
 
 
 def test_per_class_aimed_at_the_label_file_is_refused(setup, tmp_path):
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_devkit(val_set, tmp_path / "data")
     labels = directory.parent / "ILSVRC2012_validation_ground_truth.txt"
     before = labels.read_text()
@@ -343,7 +354,7 @@ def test_per_class_aimed_at_the_label_file_is_refused(setup, tmp_path):
 def test_predictions_aimed_at_the_real_labels_are_refused(setup, tmp_path, packaged):
     from eval_helpers import DATA
 
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_devkit(val_set, tmp_path / "data")
     labels = DATA / "real.json"
     if not packaged:
@@ -361,7 +372,7 @@ def test_predictions_aimed_at_the_real_labels_are_refused(setup, tmp_path, packa
 @pytest.mark.parametrize("how", ["one path", "a hard link", "a symlink", "a symlink to a new file"])
 def test_predictions_and_per_class_in_one_file_are_refused(setup, tmp_path, how):
     # Issue 18, finding 6: both writers shared one file, which ended as one corrupt CSV, and eval exited 0.
-    checkpoint, val_set, _, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_class_folders(val_set, tmp_path / "data")
     first, second = tmp_path / "out.csv", tmp_path / "other.csv"
     if how == "one path":
@@ -382,7 +393,7 @@ def test_predictions_and_per_class_in_one_file_are_refused(setup, tmp_path, how)
 
 def test_every_image_failing_gives_no_accuracy(setup, tmp_path):
     # Issue 18, finding 13: "top1": 0.0 with "images": 0 read as a model that is always wrong.
-    checkpoint, _, _, _ = setup
+    checkpoint = setup.checkpoint
     folder = tmp_path / "data" / KNOWN[0][0]
     folder.mkdir(parents=True)
     for name in ("a.JPEG", "b.JPEG"):

@@ -9,6 +9,7 @@ none, and the images are numbered beyond the first ones.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import csv
 import importlib.util
 import io
@@ -23,6 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from eval_helpers import (
+    ValSet,
     DATA,
     KNOWN,
     WNID,
@@ -47,13 +49,20 @@ N_IMAGES = 10
 pytestmark = pytest.mark.usefixtures("offline_empty_cache")
 
 
+@dataclass(frozen=True)
+class ProtocolSetup:
+    checkpoint: Path
+    val_set: ValSet
+    model: torch.nn.Module
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("protocols")
     checkpoint = root / "xxs-random.safetensors"
     model = make_checkpoint(checkpoint)
     val_set = make_val_set(model, root / "staged", N_IMAGES)
-    return checkpoint, val_set, model
+    return ProtocolSetup(checkpoint, val_set, model)
 
 
 def run_eval(*args):
@@ -95,7 +104,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_v2_folders_are_class_indices_and_recognised(setup, tmp_path):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_folders(val_set.files, val_set.targets, tmp_path / "v2", str)
     summary, _ = run_json(directory, checkpoint)
     assert (summary["dataset"], summary["layout"], summary["classes"]) == ("v2", "index-folders", 1000)
@@ -104,7 +113,7 @@ def test_v2_folders_are_class_indices_and_recognised(setup, tmp_path):
 
 
 def test_v2_folder_that_is_no_class_index_is_named(setup, tmp_path):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_folders(val_set.files[:2], val_set.targets[:2], tmp_path / "v2", str)
     for name in ("1000", "007"):
         (directory / name).mkdir()
@@ -113,13 +122,13 @@ def test_v2_folder_that_is_no_class_index_is_named(setup, tmp_path):
 
 
 def test_v2_folders_read_as_another_set_point_to_v2(setup, tmp_path):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_folders(val_set.files[:2], val_set.targets[:2], tmp_path / "v2", str)
     assert_refused(run_eval(directory, "--weights", checkpoint, "--dataset", "sketch"), "--dataset v2")
 
 
 def test_sketch_is_read_like_val_class_folders(setup, tmp_path):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_class_folders(val_set, tmp_path / "sketch")
     summary, _ = run_json(directory, checkpoint, "--dataset", "sketch")
     assert (summary["dataset"], summary["layout"]) == ("sketch", "folders")
@@ -129,7 +138,7 @@ def test_sketch_is_read_like_val_class_folders(setup, tmp_path):
 
 
 def test_sketch_is_not_a_flat_folder(setup, tmp_path):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_devkit(val_set, tmp_path / "data")  # flat images with a label file: a val layout only
     assert_refused(run_eval(directory, "--weights", checkpoint, "--dataset", "sketch"),
                    "flat folder", "one folder per class")
@@ -140,7 +149,7 @@ def test_sketch_is_not_a_flat_folder(setup, tmp_path):
 
 @pytest.fixture
 def real_json(setup, tmp_path):
-    _, val_set, _ = setup
+    val_set = setup.val_set
     entries, per_image = real_labels_for(val_set)
     path = tmp_path / "my-real.json"
     path.write_text(json.dumps(entries))
@@ -156,7 +165,7 @@ def flat_folder(files: list[Path], directory: Path) -> Path:
 
 @pytest.mark.parametrize("layout", ["folders", "devkit", "kaggle", "flat"])
 def test_real_counts_any_of_the_labels_in_every_val_layout(setup, tmp_path, real_json, layout):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     labels_path, per_image = real_json
     writer = {"folders": write_class_folders, "devkit": write_devkit, "kaggle": write_kaggle,
               "flat": lambda v, root: flat_folder(v.files, root / "val")}[layout]
@@ -174,7 +183,7 @@ def test_real_counts_any_of_the_labels_in_every_val_layout(setup, tmp_path, real
 
 
 def test_real_predictions_list_every_correct_class_and_per_class_counts_each(setup, tmp_path, real_json):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     labels_path, per_image = real_json
     directory = flat_folder(val_set.files, tmp_path / "val")
     predictions, per_class = tmp_path / "p.csv", tmp_path / "c.csv"
@@ -199,7 +208,7 @@ def test_real_predictions_list_every_correct_class_and_per_class_counts_each(set
 
 
 def test_real_default_labels_are_the_packaged_file(setup, tmp_path):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = tmp_path / "val"
     directory.mkdir()
     for number, file in zip((1, 2, 3), val_set.files):
@@ -214,7 +223,7 @@ def test_real_default_labels_are_the_packaged_file(setup, tmp_path):
 
 
 def test_real_names_the_images_it_cannot_place(setup, tmp_path, real_json):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = flat_folder(val_set.files[:2], tmp_path / "val")
     shutil.copyfile(val_set.files[0], directory / "holiday.JPEG")
     shutil.copyfile(val_set.files[0], directory / "ILSVRC2012_val_00099999.JPEG")
@@ -223,7 +232,7 @@ def test_real_names_the_images_it_cannot_place(setup, tmp_path, real_json):
 
 
 def test_real_labels_only_go_with_real(setup, tmp_path, real_json):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_class_folders(val_set, tmp_path / "val")
     assert_refused(run_eval(directory, "--weights", checkpoint, "--real-labels", real_json[0]), "--dataset real")
 
@@ -233,7 +242,7 @@ def test_real_labels_only_go_with_real(setup, tmp_path, real_json):
 
 @pytest.mark.parametrize("name", ["r", "a"])
 def test_r_and_a_score_among_their_200_classes(setup, tmp_path, name):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     classes = subset_classes(name)
     targets = choose_targets_among(val_set.logits, list(classes))
     expected = count_hits_among(val_set.logits, targets, list(classes))
@@ -262,7 +271,7 @@ def test_r_and_a_score_among_their_200_classes(setup, tmp_path, name):
 
 @pytest.mark.parametrize("name", ["r", "a"])
 def test_r_and_a_refuse_a_class_folder_outside_their_200(setup, tmp_path, name):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     classes = subset_classes(name)
     targets = choose_targets_among(val_set.logits[:2], list(classes))
     directory = write_folders(val_set.files[:2], targets, tmp_path / name, classes.__getitem__)
@@ -274,7 +283,7 @@ def test_r_and_a_refuse_a_class_folder_outside_their_200(setup, tmp_path, name):
 
 @pytest.mark.parametrize("name", ["r", "a"])
 def test_clean_subsets_keep_val_images_of_the_200_and_restrict_outputs(setup, tmp_path, name):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     classes = subset_classes(name)
     inside = choose_targets_among(val_set.logits[:6], list(classes))
     outside = [index for _, index, _ in KNOWN if index not in classes][:4]
@@ -293,7 +302,7 @@ def test_clean_subsets_keep_val_images_of_the_200_and_restrict_outputs(setup, tm
 
 
 def test_resolution_override_follows_timms_rule(setup, tmp_path):
-    checkpoint, val_set, model = setup
+    checkpoint, val_set, model = setup.checkpoint, setup.val_set, setup.model
     directory = write_class_folders(val_set, tmp_path / "val")
     predictions = tmp_path / "p.csv"
     summary, _ = run_json(directory, checkpoint, "--input-size", "160", "--crop-pct", "0.875",
@@ -326,7 +335,7 @@ def test_resolution_override_follows_timms_rule(setup, tmp_path):
 
 
 def test_the_published_protocol_spelled_out_is_still_the_published_one(setup, tmp_path):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = write_class_folders(val_set, tmp_path / "val")
     summary, _ = run_json(directory, checkpoint, "--input-size", "256", "--crop-pct", "0.9",
                           "--interpolation", "bicubic", "--limit", "2")
@@ -335,7 +344,7 @@ def test_the_published_protocol_spelled_out_is_still_the_published_one(setup, tm
 
 @pytest.mark.parametrize("option", [("--crop-pct", "0"), ("--crop-pct", "1.5"), ("--input-size", "8")])
 def test_impossible_protocols_are_refused(setup, tmp_path, option):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     assert_refused(run_eval(write_class_folders(val_set, tmp_path / "val"), "--weights", checkpoint, *option),
                    option[0])
 
@@ -344,7 +353,7 @@ def test_impossible_protocols_are_refused(setup, tmp_path, option):
 
 
 def test_suite_runs_every_set_found_and_reports_the_unreadable_one(setup, tmp_path):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     root = tmp_path / "sets"
     val = write_class_folders(val_set, root / "imagenet" / "val")
     broken = val / WNID[val_set.targets[0]] / "ILSVRC2012_val_00000002.JPEG"  # labelled in ReaL too
@@ -389,7 +398,7 @@ def test_suite_runs_every_set_found_and_reports_the_unreadable_one(setup, tmp_pa
 
 @pytest.mark.parametrize("extra", [("DIR",), ("--predictions", "p.csv"), ("--dataset", "r")])
 def test_suite_usage_mistakes_are_refused(setup, tmp_path, extra):
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     root = tmp_path / "sets"
     write_class_folders(val_set, root / "val")
     args = [root / "val"] if extra == ("DIR",) else [*extra]
@@ -397,7 +406,7 @@ def test_suite_usage_mistakes_are_refused(setup, tmp_path, extra):
 
 
 def test_suite_without_any_set_says_where_it_looked(setup, tmp_path):
-    checkpoint, _, _ = setup
+    checkpoint = setup.checkpoint
     assert_refused(run_eval("--suite", tmp_path, "--weights", checkpoint), "imagenet-r", "sketch")
 
 
@@ -477,7 +486,7 @@ def test_a_fifo_as_label_file_is_refused_not_waited_on(setup, tmp_path, option):
     import subprocess
     import sys
 
-    checkpoint, val_set, _ = setup
+    checkpoint, val_set = setup.checkpoint, setup.val_set
     directory = flat_folder(val_set.files[:2], tmp_path / "val")
     fifo = tmp_path / "labels.fifo"
     os.mkfifo(fifo)

@@ -26,10 +26,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from image_corpus import corrupt_exif_tiff, encode, smooth_rgb, write_hostile_corpus
-from randomize import randomize_
 from mvit_cli.cli.main import app
 from mvit_cli.errors import CheckpointError, ImageDecodeError
-from mvit_cli.model import build_model
 from mvit_cli.pipeline import images
 from mvit_cli.pipeline.sources import ReadPolicy, read_stream
 
@@ -39,16 +37,13 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="making device nodes (
 
 
 @pytest.fixture(scope="module")
-def model():
-    return randomize_(build_model("xxs"), seed=3)
+def model(xxs_checkpoint):
+    return xxs_checkpoint.model
 
 
 @pytest.fixture(scope="module")
-def checkpoint(model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "xxs.safetensors"
-    safetensors.torch.save_file(model.state_dict(), str(path),
-                                metadata={"format": "mvit", "variant": "xxs", "source": "timm"})
-    return path
+def checkpoint(xxs_checkpoint) -> Path:
+    return xxs_checkpoint.path
 
 
 def photo(path: Path, seed: int = 0) -> Path:
