@@ -47,10 +47,12 @@ CONTENDERS = ("mvit", "mvit-ort", "timm", "transformers")
 
 def make_weights(variant: str, folder: Path) -> dict[str, str]:
     """Random weights for all three libraries, checked to give the same logits. Returns the file paths."""
+    # The reference models' builders are test code (timm and transformers are test-only dependencies): the one
+    # thing the benchmarks take from tests/.
     sys.path.insert(0, str(TESTS))
     import safetensors.torch
     import torch
-    from randomize import randomize_, structured_images
+    from mvit_cli.random_weights import randomize_, structured_images
     from reference_models import build_timm, build_transformers, plain_state_dict, transformers_logits
 
     from mvit_cli import checkpoints

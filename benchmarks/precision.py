@@ -56,11 +56,10 @@ def _matmul_peak(seconds: float = 2.0) -> float:
 def _photos(folder: Path) -> Path:
     if PHOTOS.is_dir():
         return PHOTOS
-    sys.path.insert(0, str(REPO / "tests"))
-    from image_corpus import smooth_rgb
+    from mvit_cli.random_weights import synthetic_photo
 
     for i in range(100):
-        smooth_rgb(500, 375, seed=i).save(folder / f"{i:03d}.jpg", quality=90)
+        synthetic_photo(500, 375, seed=i).save(folder / f"{i:03d}.jpg", quality=90)
     return folder
 
 

@@ -40,14 +40,13 @@ def _photos(folder: Path, source: Path) -> list[Path]:
         else []
     if found:
         return found
-    sys.path.insert(0, str(REPO / "tests"))
-    from image_corpus import smooth_rgb
+    from mvit_cli.random_weights import synthetic_photo
 
     made = []
     for i in range(100):
         path = folder / "generated" / f"{i:03d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        smooth_rgb(500, 375, seed=i).save(path, quality=90)
+        synthetic_photo(500, 375, seed=i).save(path, quality=90)
         made.append(path)
     return made
 
@@ -65,9 +64,8 @@ def _links(folder: Path, photos: list[Path], count: int) -> list[Path]:
 
 
 def _weights(folder: Path, variant: str) -> Path:
-    sys.path.insert(0, str(REPO / "tests"))
     import safetensors.torch
-    from randomize import randomize_
+    from mvit_cli.random_weights import randomize_
 
     from mvit_cli.model import build_model
 

@@ -23,6 +23,16 @@ def random_model(variant: str, seed: int = 0) -> nn.Module:
     return randomize_(build_model(variant), seed=seed).eval()
 
 
+def synthetic_photo(width: int, height: int, seed: int = 0):
+    """A PIL RGB picture closer to a photo than noise (a smooth colour field with fine texture), for benchmarks
+    that need image files where no real photos are at hand."""
+    from PIL import Image
+
+    size = max(width, height)
+    pixels = structured_images(1, size, seed=seed)[0, :, :height, :width]
+    return Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).round().astype("uint8"), "RGB")
+
+
 def structured_images(n: int = 8, size: int = 256, seed: int = 0) -> torch.Tensor:
     """[n, 3, size, size] in [0, 1]: smooth colour fields with edges, closer to photos than white noise."""
     gen = torch.Generator().manual_seed(seed)

@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from randomize import randomize_, structured_images
+from mvit_cli.random_weights import randomize_, structured_images
 
 # (wnid, index in the model output = position in sorted-wnid order, devkit ILSVRC2012_ID), from the devkit's
 # map_clsloc.txt: the devkit numbers classes in its own order, so ID - 1 is never the output index here.

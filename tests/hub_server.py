@@ -254,7 +254,7 @@ def closed_endpoint() -> str:
 
 def timm_checkpoint(variant: str = "xxs", seed: int = 0) -> tuple[object, dict]:
     """A random-weight timm MobileViT and its state dict, as timm/mobilevit_*.cvnets_in1k store it."""
-    from randomize import randomize_
+    from mvit_cli.random_weights import randomize_
     from reference_models import build_timm, plain_state_dict
 
     model = randomize_(build_timm(variant), seed=seed).eval()
@@ -263,7 +263,7 @@ def timm_checkpoint(variant: str = "xxs", seed: int = 0) -> tuple[object, dict]:
 
 def transformers_checkpoint(variant: str = "xxs", seed: int = 0) -> tuple[object, dict]:
     """A random-weight transformers MobileViTForImageClassification and its state dict (apple/mobilevit-*)."""
-    from randomize import randomize_
+    from mvit_cli.random_weights import randomize_
     from reference_models import build_transformers, plain_state_dict
 
     model = randomize_(build_transformers(variant), seed=seed).eval()

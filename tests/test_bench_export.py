@@ -15,7 +15,7 @@ from mvit_cli import export as export_module
 from mvit_cli.errors import ExportParityError
 from mvit_cli.cli.main import app
 from mvit_cli.model import MobileViT
-from randomize import structured_images
+from mvit_cli.random_weights import structured_images
 
 BENCH_KEYS = {"variant", "batch_size", "backend", "latency_ms", "images_per_second", "setup_s", "weights",
               "latency_ms_p10", "latency_ms_p90", "images_per_second_p10", "images_per_second_p90", "device"}

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from randomize import randomize_, structured_images
+from mvit_cli.random_weights import randomize_, structured_images
 from mvit_cli import checkpoints
 from mvit_cli.checkpoints import (
     detect_format,

@@ -23,7 +23,7 @@ import safetensors.torch
 import torch
 from image_corpus import smooth_rgb, write_corpus
 from PIL import Image
-from randomize import randomize_
+from mvit_cli.random_weights import randomize_
 from test_preprocess_parity import timm_eval_reference
 from typer.testing import CliRunner
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from image_corpus import smooth_rgb
 from PIL import Image
-from randomize import randomize_
+from mvit_cli.random_weights import randomize_
 from reference_models import build_transformers, plain_state_dict
 from typer.testing import CliRunner
 

@@ -21,7 +21,7 @@ from PIL import Image
 from mvit_cli import explain
 from mvit_cli.explain import DEFAULT_LAYER, INFERNO, colorize, gradcam, overlay, render_explanation, upsample
 from mvit_cli.model import build_model
-from randomize import randomize_, structured_images
+from mvit_cli.random_weights import randomize_, structured_images
 from image_corpus import smooth_rgb
 
 SIZE = 256

@@ -67,7 +67,7 @@ def test_fast_pixels_stay_within_a_few_grey_levels_of_the_reference(photo, photo
 
 def test_classify_decode_fast_gives_close_predictions_and_the_same_records(tmp_path, photo_jpeg):
     import safetensors.torch
-    from randomize import randomize_
+    from mvit_cli.random_weights import randomize_
     from typer.testing import CliRunner
 
     from mvit_cli.cli.main import app

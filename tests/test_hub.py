@@ -460,7 +460,7 @@ def imported_xxs(tmp_path):
     import safetensors.torch
 
     from mvit_cli.model import build_model
-    from randomize import randomize_
+    from mvit_cli.random_weights import randomize_
 
     original = tmp_path / "xxs.safetensors"
     safetensors.torch.save_file(randomize_(build_model("xxs"), seed=0).state_dict(), original,
@@ -491,7 +491,7 @@ def test_offline_miss_of_the_default_source_points_to_the_source_that_is_cached(
     import safetensors.torch
 
     from mvit_cli.model import build_model
-    from randomize import randomize_
+    from mvit_cli.random_weights import randomize_
 
     original = tmp_path / "apple-xs.safetensors"
     safetensors.torch.save_file(randomize_(build_model("xs"), seed=0).state_dict(), original,

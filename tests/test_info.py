@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mvit_cli import manifest, store
 from mvit_cli.cli.main import app
 from mvit_cli.model import build_model
-from randomize import randomize_
+from mvit_cli.random_weights import randomize_
 from reference_models import build_timm, build_transformers
 
 

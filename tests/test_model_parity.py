@@ -21,7 +21,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from randomize import randomize_, structured_images  # noqa: E402
+from mvit_cli.random_weights import randomize_, structured_images  # noqa: E402
 from reference_models import (  # noqa: E402
     PUBLISHED_PARAMETERS,
     build_timm,

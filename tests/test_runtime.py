@@ -15,7 +15,7 @@ from mvit_cli.runners.torch_cpu import same_shape_chunks
 from mvit_cli.runners.torch_device import FullFloat32
 from mvit_cli.errors import UsageError
 from mvit_cli.model import build_model
-from randomize import randomize_, structured_images
+from mvit_cli.random_weights import randomize_, structured_images
 
 TOLERANCE = 1e-4
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from hub_server import FakeHub, closed_endpoint, safetensors_bytes, timm_checkpoint, torch_bytes, transformers_checkpoint
-from randomize import structured_images
+from mvit_cli.random_weights import structured_images
 from mvit_cli import manifest
 
 TIMM_XXS = manifest.entry("xxs", "timm")
