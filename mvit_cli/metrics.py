@@ -16,11 +16,10 @@ import torch
 TOP_K = 5
 
 
-def top_k(logits: torch.Tensor, k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k most likely classes and their softmax probabilities, most likely first: [B, C] -> 2 x [B, k]."""
-    probabilities = torch.softmax(logits.double(), dim=1)  # float64: tiny probabilities stay exact enough for CSV
-    values, indices = probabilities.topk(k, dim=1)
-    return indices, values
+def top_k_probabilities(logits: torch.Tensor, k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, classes) of the k most likely classes, most likely first, in torch.topk's order:
+    [B, C] logits -> 2 x [B, k]. Softmax in float64: tiny probabilities stay exact enough for CSV."""
+    return torch.softmax(logits.double(), dim=1).topk(k, dim=1)
 
 
 @dataclass(frozen=True)

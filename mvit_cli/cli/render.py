@@ -94,7 +94,8 @@ class CsvRenderer:
         self.stream.flush()
 
 
-def percent(probability: float) -> str:
+def probability_text(probability: float) -> str:
+    """A probability as people read it: "87.3%"."""
     return f"{100 * probability:.1f}%"
 
 
@@ -141,7 +142,7 @@ class TableRenderer:
         table.add_column("probability", justify="right")
         table.add_column("", style="cyan", min_width=BAR_WIDTH)
         for p in record["predictions"]:
-            table.add_row(str(p["rank"]), p["label"], p["wnid"], percent(p["probability"]), bar(p["probability"]))
+            table.add_row(str(p["rank"]), p["label"], p["wnid"], probability_text(p["probability"]), bar(p["probability"]))
         self.console.print(table)
 
     def _compact(self, records: list[Record]) -> None:
@@ -162,8 +163,8 @@ class TableRenderer:
                 table.add_row(Text(self._fit(record["path"])), Text("error", style="red"), "", reason)
                 continue
             top, *others = record["predictions"]
-            rest = ", ".join(f"{p['label']} {percent(p['probability'])}" for p in others)
-            table.add_row(Text(self._fit(record["path"])), top["label"], percent(top["probability"]), Text(rest))
+            rest = ", ".join(f"{p['label']} {probability_text(p['probability'])}" for p in others)
+            table.add_row(Text(self._fit(record["path"])), top["label"], probability_text(top["probability"]), Text(rest))
         self.console.print(table)
 
     def _fit(self, path: str) -> str:

@@ -37,11 +37,12 @@ def subset_indices(name: str) -> tuple[int, ...]:
 
 
 def restricted_top_k(logits: torch.Tensor, among: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k among the classes `among` (ascending output indices): [B, 1000] -> 2 x [B, k].
+    """(probabilities, classes) of the top k among the classes `among` (ascending output indices), in torch.topk's
+    order: [B, 1000] -> 2 x [B, k].
 
-    Returns output indices in the model's 1000-class numbering and softmax probabilities over `among` only,
+    Classes are output indices in the model's 1000-class numbering, probabilities a softmax over `among` only,
     so they sum to 1 over the subset: what a 200-way classifier made of the model would say.
     """
     probabilities = torch.softmax(logits.index_select(1, among).double(), dim=1)
     values, positions = probabilities.topk(k, dim=1)
-    return among[positions], values
+    return values, among[positions]

@@ -24,7 +24,7 @@ import torch
 from mvit_cli.distributed import Distributed
 from mvit_cli.evaluation.class_subsets import restricted_top_k
 from mvit_cli.evaluation.sets import EvalItem, EvalSet
-from mvit_cli.metrics import TOP_K, Tally, top_k
+from mvit_cli.metrics import TOP_K, Tally, top_k_probabilities
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,8 @@ def _count(batch, logits: torch.Tensor | None, shard: list[int], members: list[l
     width = max(len(c) for c in correct)
     targets = torch.tensor([list(c) + [-1] * (width - len(c)) for c in correct], dtype=torch.int64)
     mine_logits = logits[rows] if len(rows) != len(logits) else logits
-    classes, probabilities = top_k(mine_logits) if scored is None else restricted_top_k(mine_logits, scored, TOP_K)
+    probabilities, classes = (top_k_probabilities(mine_logits) if scored is None
+                              else restricted_top_k(mine_logits, scored, TOP_K))
     state.tally.add(targets, classes)
     return [
         Prediction(p, item.path, c, tuple(k), tuple(q))

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from mvit_cli.labels import CLASSES
-from mvit_cli.metrics import top_k
+from mvit_cli.metrics import top_k_probabilities
 from mvit_cli.pipeline.batching import Batch, iter_batches, run_batches
 from mvit_cli.pipeline.inputs import ImageInput
 from mvit_cli.pipeline.sources import ReadPolicy
@@ -76,7 +76,7 @@ def top_k_predictions(logits: torch.Tensor, k: int) -> list[tuple[Prediction, ..
     carry no more precision than that, the numbers stay short, and the top-k of an image never sums to more
     than 1 (with k = 1000 it sums to 1 within 1000 * 1e-8).
     """
-    indices, values = top_k(logits, min(k, logits.shape[1]))  # ranked by the unrounded probabilities
+    values, indices = top_k_probabilities(logits, min(k, logits.shape[1]))  # ranked by the unrounded probabilities
     values = round_down(values)
     return [
         tuple(
