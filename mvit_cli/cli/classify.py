@@ -326,20 +326,10 @@ def _progress(enabled: bool, total: int | None, stream: TextIO):
     from mvit_cli.cli import output
 
     table_console = output.stdout_console(stream) if stream is not sys.stdout else output.stdout_console()
-    if not enabled:
-        yield (lambda n: None), table_console
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(
-        TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=output.stderr_console(), transient=True, redirect_stdout=False, redirect_stderr=False,
-    )
-    with bar:
-        task = bar.add_task("classifying", total=total)
+    with output.ProgressBar("classifying", total, enabled) as bar:
         # On a shared terminal, rich prints above its live bar only through the bar's own console.
-        console = bar.console if stream is sys.stdout and _same_terminal() else table_console
-        yield (lambda n: bar.advance(task, n)), console
+        shared = bar.console is not None and stream is sys.stdout and _same_terminal()
+        yield bar.advance, bar.console if shared else table_console
 
 
 def _renderer(output_format: ClassifyFormat, stream: TextIO, console, inputs, header: bool = True):

@@ -6,7 +6,7 @@ The module is named `evaluate` because `eval` is a Python builtin; the command i
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
@@ -391,42 +391,18 @@ def _predictions_callback(predictions_file, collector):
     return receive
 
 
-class _progress:
-    """A rich progress bar on stderr with running top-1 / top-5 and images/s; a no-op when nobody watches."""
-
-    def __init__(self, enabled: bool, job, name: str | None = None) -> None:
-        self.enabled = enabled
-        self.label = f"evaluating {name}" if name else "evaluating"
-        if job:
-            self.label += f" (rank 0 of {job.world_size})"
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("top-1 {task.fields[top1]:6.2f} %  top-5 {task.fields[top5]:6.2f} %"),
-            TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(),
-            console=_stderr_console(), transient=True,
-        )
-        self.bar.__enter__()
-        self.task = self.bar.add_task(self.label, total=None, top1=0.0, top5=0.0, rate="-")
-        return self.update
-
-    def update(self, done: int, total: int, tally) -> None:
-        elapsed = self.bar.tasks[0].elapsed or 0.0
-        rate = f"{done / elapsed:.1f}" if elapsed > 0 else "-"
-        self.bar.update(self.task, total=total, completed=done, top1=tally.top1_percent, top5=tally.top5_percent,
-                        rate=rate)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
-
-
-def _stderr_console():
+@contextmanager
+def _progress(enabled: bool, job, name: str | None = None):
+    """The eval progress bar (running top-1 / top-5 and images/s beside the count); yields its update function,
+    or None when nobody watches."""
     from mvit_cli.cli import output
 
-    return output.stderr_console()
+    label = (f"evaluating {name}" if name else "evaluating") + (f" (rank 0 of {job.world_size})" if job else "")
+    columns = ("top-1 {task.fields[top1]:6.2f} %  top-5 {task.fields[top5]:6.2f} %", "{task.fields[rate]} img/s")
+    with output.ProgressBar(label, None, enabled, columns, top1=0.0, top5=0.0, rate="-") as bar:
+
+        def update(done: int, total: int, tally) -> None:
+            rate = f"{done / bar.elapsed:.1f}" if bar.elapsed > 0 else "-"
+            bar.update(done, total, top1=tally.top1_percent, top5=tally.top5_percent, rate=rate)
+
+        yield update if enabled else None

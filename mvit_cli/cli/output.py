@@ -97,3 +97,48 @@ class Output:
 
 def megabytes(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
+
+
+class ProgressBar:
+    """One progress bar on stderr, for every command: transient, drawn only when `enabled` (someone watches),
+    a no-op otherwise. `columns` are extra rich text columns (e.g. "top-1 {task.fields[top1]:6.2f} %") whose
+    `fields` start at the given values and change with `update`."""
+
+    def __init__(self, label: str, total: int | None = None, enabled: bool = True, columns: tuple[str, ...] = (),
+                 **fields: Any):
+        self.label, self.total, self.enabled, self.columns, self.fields = label, total, enabled, columns, fields
+        self._bar = None
+
+    def __enter__(self) -> "ProgressBar":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                *(TextColumn(column) for column in self.columns), TimeElapsedColumn(),
+                console=stderr_console(), transient=True, redirect_stdout=False, redirect_stderr=False,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.label, total=self.total, **self.fields)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    @property
+    def console(self) -> Console | None:
+        """The bar's console: on a shared terminal, rich prints above a live bar only through it."""
+        return None if self._bar is None else self._bar.console
+
+    @property
+    def elapsed(self) -> float:
+        return 0.0 if self._bar is None else (self._bar.tasks[0].elapsed or 0.0)
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+
+    def update(self, completed: int | None = None, total: int | None = None, **fields: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=completed, total=total, **fields)
