@@ -63,6 +63,12 @@ VARIANTS: dict[str, MobileViTConfig] = {
 }
 
 
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`x` in `dtype`, cast only when it differs: parts of the model may run in bfloat16 / float16
+    (runners/precision.py), and a float32 model, traced, then holds no cast at all."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Round a channel count to a multiple of `divisor`, never below 90% of `value` (MobileNet rule)."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
@@ -154,8 +160,8 @@ class MobileViTBlock(nn.Module):
         self.fusion = ConvBNAct(2 * channels, channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The block may run in bfloat16 / float16 (runners/precision.py): its input follows its weights' dtype and
-        # its output goes back to the input's. Cast only when they differ, so a float32 trace holds no cast at all.
+        dtype = x.dtype  # the block may run in another precision than its input (runners/precision.py)
+        x = _as(x, self.local.conv.weight.dtype)
         shortcut = x
         x = self.to_tokens(self.local(x))  # [B, C, H, W] -> [B, d, H, W]
         B, d, H, W = x.shape
@@ -169,18 +175,14 @@ class MobileViTBlock(nn.Module):
         nh, nw = Hp // p, Wp // p
         # unfold: [B, d, nh*p, nw*p] -> [B, d, nh, p, nw, p] -> [B, p, p, nh, nw, d] -> [B*P, N, d]
         tokens = x.reshape(B, d, nh, p, nw, p).permute(0, 3, 5, 2, 4, 1).reshape(B * p * p, nh * nw, d)
-        dtype, inner = tokens.dtype, self.transformer[0].attn.qkv.weight.dtype
-        if dtype != inner:
-            tokens = tokens.to(inner)
-        tokens = self.norm(self.transformer(tokens))
-        if dtype != inner:
-            tokens = tokens.to(dtype)
+        outer = tokens.dtype  # so may the transformer
+        tokens = _as(self.norm(self.transformer(_as(tokens, self.transformer[0].attn.qkv.weight.dtype))), outer)
         # fold: [B*P, N, d] -> [B, p, p, nh, nw, d] -> [B, d, nh, p, nw, p] -> [B, d, Hp, Wp]
         x = tokens.reshape(B, p, p, nh, nw, d).permute(0, 5, 3, 1, 4, 2).reshape(B, d, Hp, Wp)
         if resized:
             x = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
         x = self.from_tokens(x)  # [B, d, H, W] -> [B, C, H, W]
-        return self.fusion(torch.cat((shortcut, x), dim=1))  # [B, 2C, H, W] -> [B, C, H, W]
+        return _as(self.fusion(torch.cat((shortcut, x), dim=1)), dtype)  # [B, 2C, H, W] -> [B, C, H, W]
 
 
 def _build_stage(cfg: MobileViTConfig, stage: StageConfig, cin: int) -> nn.Sequential:
@@ -223,10 +225,11 @@ class MobileViT(nn.Module):
         self.classifier = nn.Linear(cfg.num_features, cfg.num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final_conv(self.stages(self.stem(x)))
+        return self.final_conv(self.stages(self.stem(_as(x, self.stem.conv.weight.dtype))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x).mean(dim=(2, 3)))  # [B, F, h, w] -> [B, F] -> [B, K]
+        pooled = self.forward_features(x).mean(dim=(2, 3))  # [B, F, h, w] -> [B, F]
+        return self.classifier(_as(pooled, self.classifier.weight.dtype))  # -> [B, K]
 
     @property
     def output_width(self) -> int:
@@ -243,7 +246,7 @@ class PooledFeatures(nn.Module):
         self.cfg = model.cfg
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x).mean(dim=(2, 3))  # [B, F, h, w] -> [B, F]
+        return _as(self.model.forward_features(x).mean(dim=(2, 3)), torch.float32)  # [B, F, h, w] -> [B, F]
 
     @property
     def output_width(self) -> int:

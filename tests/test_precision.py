@@ -36,14 +36,14 @@ CPU = torch.device("cpu")
 native_bf16 = pytest.mark.skipif("bfloat16" not in precision.native_dtypes(CPU),
                                  reason="this CPU has no native bfloat16 (neither AMX-BF16 nor AVX512-BF16)")
 
-# Measured on this project's machine (AMX, torch 2.13), XXS with the transformers in bfloat16, this fixture's
-# model: the 100 ImageNet photos of ../shared gave a max |logit difference| of 0.14 (mean 0.016), top-1 agreement
-# 97%, top-5 sets 93%; the 60 generated photos used when ../shared is absent gave 0.33 (mean 0.049), 100%, 85%.
-# (Other calibrations of the same kind: top-1 99-100%, top-5 95%.) The bounds leave a margin over both.
-MAX_LOGIT_DIFFERENCE = 0.5
-MEAN_LOGIT_DIFFERENCE = 0.08
+# Measured on this project's machine (AMX, torch 2.13), XXS with the MobileViT blocks in bfloat16, this fixture's
+# model: the 100 ImageNet photos of ../shared gave a max |logit difference| of 0.27 (mean 0.036), top-1 agreement
+# 98%, top-5 sets 89%; the 60 generated photos used when ../shared is absent gave 0.36 (mean 0.059), 98%, 82%.
+# The bounds leave a margin over both.
+MAX_LOGIT_DIFFERENCE = 0.6
+MEAN_LOGIT_DIFFERENCE = 0.1
 MIN_TOP1_AGREEMENT = 0.95
-MIN_TOP5_SET_AGREEMENT = 0.80
+MIN_TOP5_SET_AGREEMENT = 0.75
 
 
 def cpu_flags() -> set[str]:

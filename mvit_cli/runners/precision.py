@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from mvit_cli.errors import UsageError
-from mvit_cli.model import MobileViTBlock
+from mvit_cli.model import MobileViT, MobileViTBlock
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CHOICES = (*DTYPES, "auto")  # what --dtype takes
@@ -108,15 +108,34 @@ def resolve_dtype(name: str, device: torch.device, backend: str = "torch") -> st
     return name
 
 
-def in_precision(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A copy of `model` whose MobileViT blocks run in `dtype` (module docstring); the rest stays float32, so
-    callers keep passing and receiving float32 (each block casts on the way in and out: model.py)."""
+def _transformers(model: MobileViT) -> list[nn.Module]:
+    blocks = [m for m in model.modules() if isinstance(m, MobileViTBlock)]
+    return [part for block in blocks for part in (block.transformer, block.norm)]
+
+
+def _blocks(model: MobileViT) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, MobileViTBlock)]
+
+
+def _body(model: MobileViT) -> list[nn.Module]:
+    return [model.stem, model.stages, model.final_conv]
+
+
+# Which parts of the network run in reduced precision (module docstring); the rest, and always the classifier and
+# LayerNorm's weights, stay float32. The parts cast their input and output where the precision changes (model.py).
+SCOPES = {"transformer": _transformers, "blocks": _blocks, "body": _body}
+DEFAULT_SCOPE = "blocks"
+
+
+def in_precision(model: nn.Module, dtype: torch.dtype, scope: str = DEFAULT_SCOPE) -> nn.Module:
+    """A copy of `model` (a MobileViT, or a module holding one) with the parts `scope` names in `dtype`; callers
+    keep passing and receiving float32."""
     if dtype == torch.float32:
         return model
     converted = copy.deepcopy(model)
-    for block in (m for m in converted.modules() if isinstance(m, MobileViTBlock)):
-        block.transformer.to(dtype)
-        block.norm.to(dtype)
-        for norm in (m for m in block.modules() if isinstance(m, nn.LayerNorm)):
+    network = next(m for m in converted.modules() if isinstance(m, MobileViT))
+    for part in SCOPES[scope](network):
+        part.to(dtype)
+        for norm in (m for m in part.modules() if isinstance(m, nn.LayerNorm)):
             norm.float()
     return converted
