@@ -69,9 +69,10 @@ def load_pixels(source: Source, preprocessing: Preprocessing, exif_transpose: bo
     return to_uint8_hwc(resize_and_crop(image, preprocessing, fast))
 
 
-def _decode(source: Source, preprocessing: Preprocessing, exif_transpose: bool, fast: bool,
-            policy: ReadPolicy) -> np.ndarray | str:
-    """The image's pixels, or the reason it has none."""
+def pixels_or_reason(source: Source, preprocessing: Preprocessing, exif_transpose: bool = True, fast: bool = False,
+                     policy: ReadPolicy = ReadPolicy()) -> np.ndarray | str:
+    """The image's pixels (`load_pixels`), or the reason it has none: the text of its error record. Never raises
+    for a bad image (a server decodes uploads with this, so its records match classify's)."""
     try:
         return load_pixels(source, preprocessing, exif_transpose, fast, policy)
     except ImageDecodeError as exc:
@@ -84,13 +85,19 @@ def _batch(start: int, items: list, decoded: list[np.ndarray | str], preprocessi
     span = range(start, start + len(items))
     ok = [(position, pixels) for position, pixels in zip(span, decoded) if not isinstance(pixels, str)]
     failures = [(position, reason) for position, reason in zip(span, decoded) if isinstance(reason, str)]
-    if ok:
-        pixels = torch.from_numpy(np.stack([p for _, p in ok]))
+    images = batch_tensor([p for _, p in ok], preprocessing)
+    return Batch(start, items, [position for position, _ in ok], images, failures)
+
+
+def batch_tensor(pixels: list[np.ndarray], preprocessing: Preprocessing) -> torch.Tensor:
+    """Decoded images ([crop, crop, 3] uint8 each) -> the model's input batch [B, 3, crop, crop] float32,
+    channels_last in memory: the one conversion every batch of every caller goes through."""
+    if pixels:
+        stacked = torch.from_numpy(np.stack(pixels))
     else:
         size = preprocessing.crop_size
-        pixels = torch.empty((0, size, size, 3), dtype=torch.uint8)
-    images = normalize(pixels.permute(0, 3, 1, 2), preprocessing)
-    return Batch(start, items, [position for position, _ in ok], images, failures)
+        stacked = torch.empty((0, size, size, 3), dtype=torch.uint8)
+    return normalize(stacked.permute(0, 3, 1, 2), preprocessing)
 
 
 def batch_sizes(batch_size: int) -> Iterator[int]:
@@ -155,7 +162,7 @@ def iter_batches(
     source_of = source_of or (lambda item: item)
 
     def decode(item: Item) -> np.ndarray | str:
-        return _decode(source_of(item), preprocessing, exif_transpose, fast_decode, policy)
+        return pixels_or_reason(source_of(item), preprocessing, exif_transpose, fast_decode, policy)
 
     chunks = _chunks(items, batch_size)
     if workers <= 0:
