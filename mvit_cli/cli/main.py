@@ -156,9 +156,9 @@ def _main(
 
 def _register() -> None:
     # Command modules import torch and friends lazily, inside the commands, so `mvit --help` stays fast.
-    from mvit_cli.cli import bench, classify, embed, evaluate, export, info, weights
+    from mvit_cli.cli import bench, classify, embed, evaluate, export, info, serve, weights
 
-    for module in (classify, embed, evaluate, info, weights, bench, export):
+    for module in (classify, embed, evaluate, info, weights, bench, export, serve):
         module.register(app)
 
 
