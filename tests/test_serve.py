@@ -534,19 +534,31 @@ def _mean_logit(batch):
     return batch.mean(dim=(1, 2, 3)).unsqueeze(1)
 
 
-def test_batcher_waits_for_company_up_to_the_batch_size():
+def logit_value(row) -> int:
+    return round(float(row[0]) * 255)
+
+
+def test_batcher_waits_for_images_on_their_way_and_only_for_them():
     sizes: list[int] = []
-    batcher = _batcher(_mean_logit, batch_size=4, max_wait_s=5.0, sizes=sizes)
+    batcher = _batcher(_mean_logit, batch_size=4, max_wait_s=30.0, sizes=sizes)
     try:
-        futures = [batcher.submit(_image(value)) for value in (0, 51, 102, 153, 204, 255)]
-        # The first four form one batch at once (full: no waiting for the 5 s); the last two wait out max_wait.
-        first = [future.result(timeout=30) for future in futures[:4]]
-        assert sizes == [4]
-        assert [round(float(row[0]) * 255) for row in first] == [0, 51, 102, 153]
+        # Nothing else on its way: a lone image runs at once, without waiting the 30 s for company.
+        assert logit_value(batcher.submit(_image(7)).result(timeout=10)) == 7
+        assert sizes == [1]
+        # Six announced (being decoded): the first four wait for each other and fill a batch.
+        batcher.expect(6)
+        futures = [batcher.submit(_image(value), expected=True) for value in (0, 51, 102, 153)]
+        assert [logit_value(future.result(timeout=10)) for future in futures] == [0, 51, 102, 153]
+        assert sizes == [1, 4]
+        # The fifth waits for the sixth, until that one is withdrawn (it failed to decode): then it runs alone.
+        fifth = batcher.submit(_image(204), expected=True)
+        time.sleep(0.2)
+        assert not fifth.done()
+        batcher.withdraw()
+        assert logit_value(fifth.result(timeout=10)) == 204
+        assert sizes == [1, 4, 1]
     finally:
-        batcher.close()  # the two still waiting run now: a drain
-    assert sizes == [4, 2]
-    assert [round(float(future.result(timeout=0)[0]) * 255) for future in futures[4:]] == [204, 255]
+        batcher.close()
 
 
 def test_batcher_drains_on_close_and_then_refuses():
@@ -571,7 +583,7 @@ def test_batcher_drains_on_close_and_then_refuses():
     release.set()
     closing.join(30)
     assert not closing.is_alive()
-    assert [round(float(future.result(timeout=0)[0]) * 255) for future in futures] == list(range(7))
+    assert [logit_value(future.result(timeout=0)) for future in futures] == list(range(7))
 
 
 def test_a_batch_that_fails_fails_only_its_own_images():
@@ -583,10 +595,10 @@ def test_a_batch_that_fails_fails_only_its_own_images():
     batcher = _batcher(fragile, batch_size=1)
     try:
         futures = [batcher.submit(_image(value)) for value in (10, 255, 20)]
-        assert round(float(futures[0].result(timeout=30)[0]) * 255) == 10
+        assert logit_value(futures[0].result(timeout=30)) == 10
         with pytest.raises(RuntimeError, match="broken batch"):
             futures[1].result(timeout=30)
-        assert round(float(futures[2].result(timeout=30)[0]) * 255) == 20
+        assert logit_value(futures[2].result(timeout=30)) == 20
     finally:
         batcher.close()
 

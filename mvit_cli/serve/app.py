@@ -183,12 +183,19 @@ def create_app(loader: Callable[[], Classifier], settings: ServeSettings = Serve
     async def _logits_or_reason(upload: Upload, classifier: Classifier, batcher: DynamicBatcher
                                 ) -> torch.Tensor | str:
         loop = asyncio.get_running_loop()
-        # Bytes, never a str: the pipeline decodes them as an image and never takes them for a path or URL.
-        pixels = await loop.run_in_executor(state.decoders, pixels_or_reason, upload.data, classifier.preprocessing)
+        batcher.expect()  # a batch forming now may wait for this image (batcher.py)
+        try:
+            # Bytes, never a str: the pipeline decodes them as an image and never takes them for a path or URL.
+            pixels = await loop.run_in_executor(state.decoders, pixels_or_reason, upload.data,
+                                                classifier.preprocessing)
+        except BaseException:
+            batcher.withdraw()
+            raise
         if isinstance(pixels, str):
+            batcher.withdraw()
             return pixels
         try:
-            return await batcher.logits(pixels)
+            return await batcher.logits(pixels, expected=True)
         except BatcherClosed:
             raise RequestError(503, "the server is shutting down") from None
 

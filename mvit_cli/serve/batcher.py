@@ -3,13 +3,15 @@
 Requests decode their uploads on threads and hand each decoded image ([crop, crop, 3] uint8, the pipeline's
 `pixels_or_reason`) to the batcher, which answers with that image's logits. One thread forms batches: it waits
 for an image, then takes more until the batch holds `batch_size` images or `max_wait` has passed since the oldest
-one arrived, turns them into one tensor (`batch_tensor`, as classify does) and runs the model. While the model
-runs, new images queue up; an image that already waited longer than `max_wait` (the model was busy) is batched
-at once with whatever else is waiting, so under load batches grow by themselves and no time is spent waiting.
+one arrived, turns them into one tensor (`batch_tensor`, as classify does) and runs the model. It waits only
+while images are known to be on their way (`expect`: announced when their decoding starts), so a lone request
+never waits for company that is not coming. While the model runs, new images queue up; an image that already
+waited longer than `max_wait` (the model was busy) is batched at once with whatever else is waiting, so under
+load batches grow by themselves and no time is spent waiting.
 
 An image belongs to no request here, so a slow or broken request cannot hold a batch back: its images join a
-batch only once they are decoded, and an image that fails to decode never gets here. A batch whose model call
-raises fails its images only.
+batch only once they are decoded (a slow decode holds a batch back by `max_wait` at most), and an image that
+fails to decode never gets here. A batch whose model call raises fails its images only.
 
 The model runs on the batcher's thread only: on the CPU runner the images of a batch spread over the cores
 (runners/torch_cpu.py), and each image's logits are the same bits whatever batch it ran in (`same_shape_chunks`),
@@ -19,9 +21,9 @@ so a record does not depend on which requests happened to arrive with it.
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
@@ -44,9 +46,6 @@ class _Job:
     arrived: float = field(default_factory=time.monotonic)
 
 
-_STOP = object()
-
-
 class DynamicBatcher:
     """Runs `run` ([B, 3, H, W] float32 -> [B, classes] logits) on batches of images from any thread or task."""
 
@@ -59,57 +58,71 @@ class DynamicBatcher:
         self.batch_size = batch_size
         self.max_wait_s = max(0.0, max_wait_s)
         self.on_batch = on_batch
-        self._queue: queue.Queue = queue.Queue()
+        self._jobs: deque[_Job] = deque()
+        self._coming = 0  # images announced (`expect`) and not yet submitted or withdrawn: being decoded
         self._closed = False
-        self._lock = threading.Lock()  # orders `submit` against `close`: nothing is queued behind the stop mark
+        self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="mvit-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, pixels: np.ndarray) -> Future:
+    def expect(self, count: int = 1) -> None:
+        """`count` images are on their way (being decoded): a batch may wait for them (up to max_wait), and only
+        for them. Each is then `submit`ted with `expected=True`, or `withdraw`n if it cannot be decoded."""
+        with self._changed:
+            self._coming += count
+
+    def withdraw(self, count: int = 1) -> None:
+        """Images announced by `expect` that will not come after all (they failed to decode)."""
+        with self._changed:
+            self._coming -= count
+            self._changed.notify_all()
+
+    def submit(self, pixels: np.ndarray, expected: bool = False) -> Future:
         """Queue one decoded image; the future gets its logits row [classes] (or the model's exception)."""
         job = _Job(pixels)
-        with self._lock:
+        with self._changed:
+            if expected:
+                self._coming -= 1
             if self._closed:
                 raise BatcherClosed("the server is shutting down")
-            self._queue.put(job)
+            self._jobs.append(job)
+            self._changed.notify_all()
         return job.future
 
-    async def logits(self, pixels: np.ndarray) -> torch.Tensor:
+    async def logits(self, pixels: np.ndarray, expected: bool = False) -> torch.Tensor:
         """`submit` for a coroutine: awaits the image's logits row."""
-        return await asyncio.wrap_future(self.submit(pixels))
+        return await asyncio.wrap_future(self.submit(pixels, expected))
 
     def close(self, timeout: float | None = None) -> None:
         """Take no more images, run every image already queued, and stop the thread (a graceful drain)."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._queue.put(_STOP)
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
         self._thread.join(timeout)
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is _STOP:
+            jobs = self._next_batch()
+            if jobs is None:
                 return
-            jobs, stop = self._gather(first)
             self._run(jobs)
-            if stop:
-                return
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
-        """`first` and the images that join it: up to `batch_size`, until `max_wait` after `first` arrived."""
-        jobs = [first]
-        deadline = first.arrived + self.max_wait_s
-        while len(jobs) < self.batch_size:
-            remaining = deadline - time.monotonic()
-            try:
-                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is _STOP:
-                return jobs, True
-            jobs.append(job)
-        return jobs, False
+    def _next_batch(self) -> list[_Job] | None:
+        """The next batch: the oldest image and those that join it, up to `batch_size`. It waits for more only
+        while images are being decoded, and at most until `max_wait` after the oldest arrived; a lone request
+        runs at once. None once closed and drained."""
+        with self._changed:
+            while not self._jobs:
+                if self._closed:
+                    return None
+                self._changed.wait()
+            deadline = self._jobs[0].arrived + self.max_wait_s
+            while len(self._jobs) < self.batch_size and self._coming > 0 and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            return [self._jobs.popleft() for _ in range(min(self.batch_size, len(self._jobs)))]
 
     def _run(self, jobs: list[_Job]) -> None:
         jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]  # skip the ones given up on
