@@ -42,7 +42,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
-DEFAULT_PHOTOS = REPO.parent / "shared" / "imagenet-sample-100"
+# The project's sample photos sit in a shared/ folder beside the checkout (or beside a worktree's parent).
+DEFAULT_PHOTOS = next((folder / "shared" / "imagenet-sample-100" for folder in REPO.parents
+                       if (folder / "shared" / "imagenet-sample-100").is_dir()), REPO.parent / "shared")
 CONCURRENCY = (1, 4, 16, 64)
 WARMUP_REQUESTS = 16
 

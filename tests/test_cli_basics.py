@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from mvit_cli.cli.main import app
 
 COMMANDS = [["classify"], ["embed"], ["eval"], ["info"], ["bench"], ["export"], ["download"], ["import"],
-            ["cache", "list"], ["cache", "clear"]]
+            ["cache", "list"], ["cache", "clear"], ["serve"]]
 MVIT = Path(sys.executable).with_name("mvit")
 
 

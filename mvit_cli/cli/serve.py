@@ -26,7 +26,6 @@ from mvit_cli.cli._options import (
     SourceOpt,
     VariantOpt,
     WeightsOpt,
-    WorkersOpt,
 )
 from mvit_cli.errors import EXIT_OK, UsageError
 
@@ -67,7 +66,10 @@ def serve_command(
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", min=1, max=1000, help="Classes per image when a request gives no top_k.")
     ] = 5,
-    workers: WorkersOpt = None,
+    workers: Annotated[
+        Optional[int], typer.Option("--workers", "-j", min=1, help="Image-decoding threads \\[default: one per core, "
+                                    "2 to 5].", show_default=False)
+    ] = None,
     cache_dir: CacheDirOpt = None,
     offline: OfflineOpt = False,
 ) -> int:
@@ -78,8 +80,8 @@ def serve_command(
     `mvit classify --format json`. Listens on 127.0.0.1 (this machine only) unless --host says otherwise, and
     prints the URL on stderr once the model is loaded; /healthz answers 503 until then.
 
-    Endpoints: GET / (the page), POST /v1/classify[?top_k=K] (a raw image body, or multipart/form-data with image
-    files) -> {"results": [record, ...]}, GET /healthz, GET /v1/info (as `mvit info --format json`),
+    Endpoints: GET / (the page), POST /v1/classify\\[?top_k=K] (a raw image body, or multipart/form-data with image
+    files) -> {"results": \\[record, ...]}, GET /healthz, GET /v1/info (as `mvit info --format json`),
     GET /metrics (Prometheus). Errors are JSON {"error": "..."} with their HTTP status.
 
     Ctrl-C or SIGTERM stops it gracefully: no new connections, requests in flight are answered, exit code 0.
@@ -103,7 +105,7 @@ def serve_command(
     listener = _listen(host, port)
     settings = ServeSettings(
         batch_size=batch_size, max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1e6), top_k=top_k,
-        workers=workers if workers else runners.default_workers() + 1,
+        workers=workers or runners.default_workers() + 1,
         allowed_hosts=LOOPBACK_NAMES | {host.lower()} if _is_loopback(host) else None,
     )
     failure: list[BaseException] = []
