@@ -235,6 +235,13 @@ def test_records_equal_classify_json(server, photos, expected):
     assert answer == {"results": [named(expected[path], path.name) for path in photos.all]}
 
 
+def test_a_form_of_more_files_than_a_batch_keeps_its_order(server, photos, expected):
+    files = [photos.all[i % len(photos.all)] for i in range(45)]  # the default batch is 32
+    status, answer = server.post_form([(f"{i}-{path.name}", path.read_bytes()) for i, path in enumerate(files)])
+    assert status == 200
+    assert answer["results"] == [named(expected[path], f"{i}-{path.name}") for i, path in enumerate(files)]
+
+
 def test_top_k_query_parameter(server, photos, expected):
     path = photos.good[0]
     status, answer = server.post_raw(path.read_bytes(), path="/v1/classify?top_k=2")

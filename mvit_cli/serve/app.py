@@ -174,30 +174,35 @@ def create_app(loader: Callable[[], Classifier], settings: ServeSettings = Serve
         else:
             uploads = uploads_of(False, "", body)
         del body
-        outcomes = await asyncio.gather(*(_logits_or_reason(upload, classifier, batcher) for upload in uploads))
+        # A form's files go through decoding and the model a batch's worth at a time: a form of many small
+        # files holds at most that many decoded images in memory (and cannot crowd out other requests).
+        window = asyncio.Semaphore(batcher.batch_size)
+        outcomes = await asyncio.gather(*(_logits_or_reason(upload, classifier, batcher, window)
+                                          for upload in uploads))
         if not is_form and isinstance(outcomes[0], str):
             state.metrics.image(False)
             raise RequestError(422, f"not a decodable image: {outcomes[0]}")
         return JSONResponse({"results": _records(uploads, outcomes, top_k)})
 
-    async def _logits_or_reason(upload: Upload, classifier: Classifier, batcher: DynamicBatcher
-                                ) -> torch.Tensor | str:
+    async def _logits_or_reason(upload: Upload, classifier: Classifier, batcher: DynamicBatcher,
+                                window: asyncio.Semaphore) -> torch.Tensor | str:
         loop = asyncio.get_running_loop()
-        batcher.expect()  # a batch forming now may wait for this image (batcher.py)
-        try:
-            # Bytes, never a str: the pipeline decodes them as an image and never takes them for a path or URL.
-            pixels = await loop.run_in_executor(state.decoders, pixels_or_reason, upload.data,
-                                                classifier.preprocessing)
-        except BaseException:
-            batcher.withdraw()
-            raise
-        if isinstance(pixels, str):
-            batcher.withdraw()
-            return pixels
-        try:
-            return await batcher.logits(pixels, expected=True)
-        except BatcherClosed:
-            raise RequestError(503, "the server is shutting down") from None
+        async with window:
+            batcher.expect()  # a batch forming now may wait for this image (batcher.py)
+            try:
+                # Bytes, never a str: the pipeline decodes them as an image, never takes them for a path or URL.
+                pixels = await loop.run_in_executor(state.decoders, pixels_or_reason, upload.data,
+                                                    classifier.preprocessing)
+            except BaseException:
+                batcher.withdraw()
+                raise
+            if isinstance(pixels, str):
+                batcher.withdraw()
+                return pixels
+            try:
+                return await batcher.logits(pixels, expected=True)
+            except BatcherClosed:
+                raise RequestError(503, "the server is shutting down") from None
 
     def _records(uploads: list[Upload], outcomes: list[torch.Tensor | str], top_k: int) -> list[dict[str, Any]]:
         rows = [outcome for outcome in outcomes if not isinstance(outcome, str)]
