@@ -522,12 +522,12 @@ def test_without_the_serve_extra_one_line_names_it(monkeypatch):
 # ------------------------------------------------------------------------------------------ the batcher
 
 
-def _batcher(run, batch_size: int, max_wait_s: float = 0.0, sizes: list | None = None):
+def _batcher(run, batch_size: int, max_wait_s: float = 0.0, sizes: list | None = None, **options):
     from mvit_cli.manifest import preprocessing
     from mvit_cli.serve.batcher import DynamicBatcher
 
     return DynamicBatcher(run, preprocessing("timm"), batch_size, max_wait_s,
-                          on_batch=None if sizes is None else sizes.append)
+                          on_batch=None if sizes is None else sizes.append, **options)
 
 
 def _image(value: int):
@@ -591,6 +591,38 @@ def test_batcher_drains_on_close_and_then_refuses():
     closing.join(30)
     assert not closing.is_alive()
     assert [logit_value(future.result(timeout=0)) for future in futures] == list(range(7))
+
+
+def test_a_single_threaded_batcher_warms_up_on_its_own_thread_and_leaves_the_default_alone():
+    import torch
+
+    default = torch.get_num_threads()
+    seen: list[tuple[str, int, int]] = []
+
+    def threads_seen(batch):
+        seen.append((threading.current_thread().name, batch.shape[0], torch.get_num_threads()))
+        return _mean_logit(batch)
+
+    batcher = _batcher(threads_seen, batch_size=4, single_threaded=True, warm_up=(1, 4))
+    try:
+        assert seen == [("mvit-batcher", 1, 1), ("mvit-batcher", 4, 1)]  # warmed up before the constructor returned
+        assert logit_value(batcher.submit(_image(9)).result(timeout=30)) == 9
+        assert seen[-1] == ("mvit-batcher", 1, 1)
+    finally:
+        batcher.close()
+    later: list[int] = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert torch.get_num_threads() == default and later == [default]
+
+
+def test_a_warm_up_that_fails_is_raised_by_the_constructor():
+    def broken(batch):
+        raise RuntimeError("no model here")
+
+    with pytest.raises(RuntimeError, match="no model here"):
+        _batcher(broken, batch_size=4, warm_up=(1,))
 
 
 def test_a_batch_that_fails_fails_only_its_own_images():

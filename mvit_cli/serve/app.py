@@ -89,13 +89,13 @@ class ServerState:
              on_error: Callable[[BaseException], None] | None) -> None:
         try:
             classifier = loader()
-            size = classifier.preprocessing.crop_size
-            # The first model call traces and compiles the model's graph (runners/torch_cpu.py): done now, so
-            # that the first request is as fast as any other and /healthz says ok only once the server is fast.
-            classifier.logits(torch.zeros(1, 3, size, size))
             batch_size = self.settings.batch_size or _default_batch_size(classifier)
+            # The first model calls trace and compile the model's graph (runners/torch_cpu.py): done before the
+            # server says ok, so that the first request is as fast as any other. One image runs on the batcher's
+            # thread, four spread over the cores (batcher.py says why from its thread).
             self.batcher = DynamicBatcher(classifier.logits, classifier.preprocessing, batch_size,
-                                          self.settings.max_wait_ms / 1000, on_batch=self.metrics.batch)
+                                          self.settings.max_wait_ms / 1000, on_batch=self.metrics.batch,
+                                          single_threaded=classifier.device.type == "cpu", warm_up=(1, 4))
             self.classifier = classifier
             self.metrics.model_loaded = True
         except BaseException as exc:  # noqa: BLE001 - reported by the caller (the CLI prints it and stops)

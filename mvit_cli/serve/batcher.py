@@ -13,9 +13,18 @@ An image belongs to no request here, so a slow or broken request cannot hold a b
 batch only once they are decoded (a slow decode holds a batch back by `max_wait` at most), and an image that
 fails to decode never gets here. A batch whose model call raises fails its images only.
 
-The model runs on the batcher's thread only: on the CPU runner the images of a batch spread over the cores
-(runners/torch_cpu.py), and each image's logits are the same bits whatever batch it ran in (`same_shape_chunks`),
-so a record does not depend on which requests happened to arrive with it.
+The model is called from the batcher's thread only: on the CPU runner the images of a batch spread over the
+cores, two per core, each core running single-threaded kernels (runners/torch_cpu.py), and each image's logits
+are the same bits whatever batch it ran in (`same_shape_chunks`), so a record does not depend on which requests
+happened to arrive with it.
+
+On the CPU the batcher's own thread is single-threaded too (`single_threaded`), and the model is warmed up from
+it (`warm_up`): then no thread of the server ever starts an OpenMP team. Warmed up from a thread with all cores,
+the model's fused oneDNN kernels are compiled for that many threads, and every per-core thread running them then
+starts a team of its own: more threads than cores, which waited on each other (measured, XXS, 16 clients on 2
+cores: 18.6 ms of CPU per image instead of 17.4, 96-101 instead of 110-115 images/s). A lone image then runs
+on one core instead of two (its chunk graph, padded to two images): measured, the 1-client latency did not
+change (27-28 ms either way on that machine), as decoding and the HTTP work use the other core meanwhile.
 """
 
 from __future__ import annotations
@@ -50,7 +59,10 @@ class DynamicBatcher:
     """Runs `run` ([B, 3, H, W] float32 -> [B, classes] logits) on batches of images from any thread or task."""
 
     def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], preprocessing: Preprocessing, batch_size: int,
-                 max_wait_s: float, on_batch: Callable[[int], None] | None = None):
+                 max_wait_s: float, on_batch: Callable[[int], None] | None = None, single_threaded: bool = False,
+                 warm_up: tuple[int, ...] = ()):
+        """`single_threaded`: the batcher's thread runs torch with one thread (module docstring); `warm_up`: batch
+        sizes run once on zeros before the first image is taken (the constructor returns when they are done)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.run = run
@@ -62,8 +74,16 @@ class DynamicBatcher:
         self._coming = 0  # images announced (`expect`) and not yet submitted or withdrawn: being decoded
         self._closed = False
         self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._loop, name="mvit-batcher", daemon=True)
+        started: Future = Future()
+        default_threads = torch.get_num_threads()
+        self._thread = threading.Thread(target=self._loop, args=(single_threaded, warm_up, started),
+                                        name="mvit-batcher", daemon=True)
         self._thread.start()
+        try:
+            started.result()  # re-raises what failed in the warm-up
+        finally:
+            if single_threaded:
+                torch.set_num_threads(default_threads)  # the default for threads created later, as before
 
     def expect(self, count: int = 1) -> None:
         """`count` images are on their way (being decoded): a batch may wait for them (up to max_wait), and only
@@ -100,7 +120,18 @@ class DynamicBatcher:
             self._changed.notify_all()
         self._thread.join(timeout)
 
-    def _loop(self) -> None:
+    def _loop(self, single_threaded: bool, warm_up: tuple[int, ...], started: Future) -> None:
+        try:
+            if single_threaded:
+                torch.get_num_threads()  # ATen sets a new thread's count lazily on its first op: have that done,
+                torch.set_num_threads(1)  # then override it (for this thread; see runners.base.PerCorePool)
+            size = self.preprocessing.crop_size
+            for count in warm_up:
+                self.run(torch.zeros(count, 3, size, size))
+        except BaseException as exc:  # noqa: BLE001 - the constructor raises it
+            started.set_exception(exc)
+            return
+        started.set_result(None)
         while True:
             jobs = self._next_batch()
             if jobs is None:
