@@ -568,6 +568,18 @@ def test_batcher_waits_for_images_on_their_way_and_only_for_them():
         batcher.close()
 
 
+def test_batcher_takes_whole_units_and_leaves_the_rest_first_in_line():
+    sizes: list[int] = []
+    batcher = _batcher(_mean_logit, batch_size=16, max_wait_s=30.0, sizes=sizes, unit=4)
+    try:
+        batcher.expect(7)  # all seven are waiting before the batch forms (it waits for those announced)
+        futures = [batcher.submit(_image(value), expected=True) for value in range(7)]
+        assert [logit_value(future.result(timeout=10)) for future in futures] == list(range(7))
+        assert sizes == [4, 3]  # not 7 (padded to 8): the three left over go next, ahead of anything newer
+    finally:
+        batcher.close()
+
+
 def test_batcher_drains_on_close_and_then_refuses():
     from mvit_cli.serve.batcher import BatcherClosed
 

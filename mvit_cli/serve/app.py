@@ -95,7 +95,8 @@ class ServerState:
             # thread, four spread over the cores (batcher.py says why from its thread).
             self.batcher = DynamicBatcher(classifier.logits, classifier.preprocessing, batch_size,
                                           self.settings.max_wait_ms / 1000, on_batch=self.metrics.batch,
-                                          single_threaded=classifier.device.type == "cpu", warm_up=(1, 4))
+                                          single_threaded=classifier.device.type == "cpu", warm_up=(1, 4),
+                                          unit=_unit(classifier))
             self.classifier = classifier
             self.metrics.model_loaded = True
         except BaseException as exc:  # noqa: BLE001 - reported by the caller (the CLI prints it and stops)
@@ -116,6 +117,13 @@ class ServerState:
         if self.batcher is not None:
             self.batcher.close()  # runs every image still queued
         self.decoders.shutdown(wait=True)
+
+
+def _unit(classifier: Classifier) -> int:
+    """Images the classifier's runner computes at once without padding: per-core chunks times cores on the CPU
+    runners (runners/torch_cpu.py, onnxruntime.py), 1 elsewhere."""
+    run = classifier.model.run
+    return max(1, getattr(run, "micro_batch", 1) * getattr(run, "threads", 1))
 
 
 def _default_batch_size(classifier: Classifier) -> int:
