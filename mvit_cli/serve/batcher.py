@@ -23,8 +23,10 @@ it (`warm_up`): then no thread of the server ever starts an OpenMP team. Warmed 
 the model's fused oneDNN kernels are compiled for that many threads, and every per-core thread running them then
 starts a team of its own: more threads than cores, which waited on each other (measured, XXS, 16 clients on 2
 cores: 18.6 ms of CPU per image instead of 17.4, 96-101 instead of 110-115 images/s). A lone image then runs
-on one core instead of two (its chunk graph, padded to two images): measured, the 1-client latency did not
-change (27-28 ms either way on that machine), as decoding and the HTTP work use the other core meanwhile.
+on one core instead of two (its chunk graph, padded to two images): on an idle machine its request takes
+longer than two cores would need (p50 24 ms where decode + model on two cores take 14), and with other
+processes on the cores far less (the two-core path took 800 ms per image with one core busy; 1 client p50
+26 ms). benchmarks/RESULTS.md has the figures.
 """
 
 from __future__ import annotations
