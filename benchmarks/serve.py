@@ -327,7 +327,8 @@ def report(args, origin: str, n_photos: int, base: dict[str, float], rows: dict[
     print(f"classify --files-from (x{args.images}): e2e {e2e:.1f} images/s (process start included), steady "
           f"{steady:.1f} images/s; background load {median(r['load'] for r in classify_runs):.2f}")
     print()
-    print("| clients | images/s | x classify steady | x classify e2e | p50 ms | p99 ms | p50 / baseline | background load |")
+    print("| clients | images/s | x classify steady | x classify e2e | p50 ms | p99 ms | p50 / baseline "
+          "| background load |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for clients, runs in rows.items():
         rate = median(r["images_per_s"] for r in runs)

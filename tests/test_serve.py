@@ -140,7 +140,8 @@ class Served:
 
     def post_form(self, files: list[tuple[str, bytes]], path: str = "/v1/classify") -> tuple[int, dict]:
         boundary, data = multipart(files)
-        status, _, answer = self.request("POST", path, data, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        form_type = f"multipart/form-data; boundary={boundary}"
+        status, _, answer = self.request("POST", path, data, {"Content-Type": form_type})
         return status, json.loads(answer)
 
     def metrics(self) -> dict[str, float]:
