@@ -512,6 +512,32 @@ def test_a_port_in_use_is_one_clear_error(xxs_checkpoint, offline_empty_cache):
     assert f"cannot listen on 127.0.0.1 port {port}" in result.output and "Traceback" not in result.output
 
 
+def test_connections_to_the_listening_socket_have_nagle_off():
+    """uvicorn serves the socket mvit binds; asyncio turns Nagle's algorithm off only on sockets that say they
+    are TCP. With it on, every response whose body follows its headers waited ~40 ms for a delayed ACK."""
+    import asyncio
+
+    from mvit_cli.cli.serve import _listen
+
+    listener = _listen("127.0.0.1", 0)
+    seen: list[int] = []
+
+    async def main() -> None:
+        async def on_connect(reader, writer) -> None:
+            seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, sock=listener)  # what uvicorn does with it
+        reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        await reader.read()
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert len(seen) == 1 and seen[0] != 0
+
+
 def test_without_the_serve_extra_one_line_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # what `import uvicorn` meets where it is not installed
     result = CliRunner().invoke(app, ["serve"])
