@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from mvit_cli.cli.main import app
 
 COMMANDS = [["classify"], ["embed"], ["eval"], ["info"], ["bench"], ["export"], ["download"], ["import"],
-            ["cache", "list"], ["cache", "clear"], ["explain"]]
+            ["cache", "list"], ["cache", "clear"], ["explain"], ["serve"]]
 MVIT = Path(sys.executable).with_name("mvit")
 
 

@@ -145,9 +145,9 @@ def _main(
 
 def _register() -> None:
     # Command modules import torch and friends lazily, inside the commands, so `mvit --help` stays fast.
-    from mvit_cli.cli import bench, classify, embed, evaluate, explain, export, info, weights
+    from mvit_cli.cli import bench, classify, embed, evaluate, explain, export, info, serve, weights
 
-    for module in (classify, embed, evaluate, explain, info, weights, bench, export):
+    for module in (classify, embed, evaluate, explain, info, weights, bench, export, serve):
         module.register(app)
     _help.adopt(app)  # every command's help page and usage errors in mvit's words (cli/_help.py)
 

@@ -82,9 +82,12 @@ def load_pixels_and_thumbnail(source: Source, preprocessing: Preprocessing, exif
     return to_uint8_hwc(resize_and_crop(image, preprocessing, fast)), jpeg_thumbnail(image, max_side)
 
 
-def _decode(source: Source, preprocessing: Preprocessing, exif_transpose: bool, fast: bool,
-            policy: ReadPolicy, thumbnail_side: int | None = None) -> np.ndarray | tuple[np.ndarray, bytes] | str:
-    """The image's pixels (with its thumbnail when `thumbnail_side` is given), or the reason it has none."""
+def pixels_or_reason(source: Source, preprocessing: Preprocessing, exif_transpose: bool = True, fast: bool = False,
+                     policy: ReadPolicy = ReadPolicy(),
+                     thumbnail_side: int | None = None) -> np.ndarray | tuple[np.ndarray, bytes] | str:
+    """The image's pixels (with its thumbnail when `thumbnail_side` is given), or the reason it has none: the
+    text of its error record. Never raises for a bad image (a server decodes uploads with this, so its records
+    match classify's)."""
     try:
         if thumbnail_side is not None:
             return load_pixels_and_thumbnail(source, preprocessing, exif_transpose, fast, policy, thumbnail_side)
@@ -102,13 +105,19 @@ def _batch(start: int, items: list, decoded: list, preprocessing: Preprocessing)
         decoded = [entry[0] if isinstance(entry, tuple) else entry for entry in decoded]
     ok = [(position, pixels) for position, pixels in zip(span, decoded) if not isinstance(pixels, str)]
     failures = [(position, reason) for position, reason in zip(span, decoded) if isinstance(reason, str)]
-    if ok:
-        pixels = torch.from_numpy(np.stack([p for _, p in ok]))
+    images = batch_tensor([p for _, p in ok], preprocessing)
+    return Batch(start, items, [position for position, _ in ok], images, failures, thumbnails)
+
+
+def batch_tensor(pixels: list[np.ndarray], preprocessing: Preprocessing) -> torch.Tensor:
+    """Decoded images ([crop, crop, 3] uint8 each) -> the model's input batch [B, 3, crop, crop] float32,
+    channels_last in memory: the one conversion every batch of every caller goes through."""
+    if pixels:
+        stacked = torch.from_numpy(np.stack(pixels))
     else:
         size = preprocessing.crop_size
-        pixels = torch.empty((0, size, size, 3), dtype=torch.uint8)
-    images = normalize(pixels.permute(0, 3, 1, 2), preprocessing)
-    return Batch(start, items, [position for position, _ in ok], images, failures, thumbnails)
+        stacked = torch.empty((0, size, size, 3), dtype=torch.uint8)
+    return normalize(stacked.permute(0, 3, 1, 2), preprocessing)
 
 
 def batch_sizes(batch_size: int) -> Iterator[int]:
@@ -177,7 +186,7 @@ def iter_batches(
     source_of = source_of or (lambda item: item)
 
     def decode(item: Item) -> np.ndarray | tuple[np.ndarray, bytes] | str:
-        return _decode(source_of(item), preprocessing, exif_transpose, fast_decode, policy, thumbnail_side)
+        return pixels_or_reason(source_of(item), preprocessing, exif_transpose, fast_decode, policy, thumbnail_side)
 
     chunks = _chunks(items, batch_size)
     if workers <= 0:
