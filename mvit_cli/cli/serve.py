@@ -22,6 +22,8 @@ from mvit_cli.cli._options import (
     CacheDirOpt,
     Device,
     DeviceOpt,
+    Dtype,
+    DtypeOpt,
     OfflineOpt,
     SourceOpt,
     VariantOpt,
@@ -55,6 +57,7 @@ def serve_command(
     weights: WeightsOpt = None,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = Backend.torch,
+    dtype: DtypeOpt = Dtype.float32,
     batch_size: BatchSizeOpt = None,
     max_wait_ms: Annotated[
         float, typer.Option("--max-wait-ms", min=0, max=10_000, help="How long an image waits for images of other "
@@ -115,7 +118,7 @@ def serve_command(
         # No expected_images: a server runs an unknown number of images, so the model is traced (as classify
         # of 100 or more images), and its records equal classify's for those.
         return api.load(variant.value if variant else None, source.value if source else None, weights,
-                        device.value, backend.value, cache_dir, offline, warn=output.warn,
+                        device.value, backend.value, cache_dir, offline, dtype.value, warn=output.warn,
                         progress=output.progress_enabled())
 
     def on_ready(classifier: api.Classifier) -> None:
