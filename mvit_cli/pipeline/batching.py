@@ -31,7 +31,7 @@ import torch
 
 from mvit_cli.errors import ImageDecodeError
 from mvit_cli.pipeline.images import decode_image
-from mvit_cli.pipeline.sources import ReadPolicy, Source
+from mvit_cli.pipeline.sources import ReadPolicy, ImageSource
 from mvit_cli.pipeline.thumbnails import jpeg_thumbnail
 from mvit_cli.preprocess import Preprocessing, normalize, resize_and_crop, to_uint8_hwc
 
@@ -61,7 +61,7 @@ class Batch(Generic[Item]):
         return self.items[position - self.start]
 
 
-def load_pixels(source: Source, preprocessing: Preprocessing, exif_transpose: bool = True,
+def load_pixels(source: ImageSource, preprocessing: Preprocessing, exif_transpose: bool = True,
                 fast: bool = False, policy: ReadPolicy = ReadPolicy()) -> np.ndarray:
     """Decode one image and resize/crop it: [crop, crop, 3] uint8. Raises on any failure.
 
@@ -73,7 +73,7 @@ def load_pixels(source: Source, preprocessing: Preprocessing, exif_transpose: bo
     return to_uint8_hwc(resize_and_crop(image, preprocessing, fast))
 
 
-def load_pixels_and_thumbnail(source: Source, preprocessing: Preprocessing, exif_transpose: bool, fast: bool,
+def load_pixels_and_thumbnail(source: ImageSource, preprocessing: Preprocessing, exif_transpose: bool, fast: bool,
                               policy: ReadPolicy, max_side: int) -> tuple[np.ndarray, bytes]:
     """`load_pixels`, plus a JPEG thumbnail of the whole decoded image (upright, before the resize and crop) that
     fits a `max_side` square: made from the same decode, so nothing is read or decoded twice."""
@@ -82,7 +82,7 @@ def load_pixels_and_thumbnail(source: Source, preprocessing: Preprocessing, exif
     return to_uint8_hwc(resize_and_crop(image, preprocessing, fast)), jpeg_thumbnail(image, max_side)
 
 
-def pixels_or_reason(source: Source, preprocessing: Preprocessing, exif_transpose: bool = True, fast: bool = False,
+def pixels_or_reason(source: ImageSource, preprocessing: Preprocessing, exif_transpose: bool = True, fast: bool = False,
                      policy: ReadPolicy = ReadPolicy(),
                      thumbnail_side: int | None = None) -> np.ndarray | tuple[np.ndarray, bytes] | str:
     """The image's pixels (with its thumbnail when `thumbnail_side` is given), or the reason it has none: the
@@ -160,14 +160,14 @@ def iter_batches(
     workers: int,
     exif_transpose: bool = True,
     fast_decode: bool = False,
-    source_of: Callable[[Item], Source] | None = None,
+    source_of: Callable[[Item], ImageSource] | None = None,
     policy: ReadPolicy | None = None,
     thumbnail_side: int | None = None,
 ) -> Iterator[Batch[Item]]:
     """Batches of preprocessed images, in input order, decoded by `workers` threads (0: on the calling thread).
 
     `items` may be any iterable, of any length: it is consumed only a few batches ahead. Each item is an input
-    (`sources.Source`), or anything `source_of` turns into one. Every input appears exactly once, either in
+    (`sources.ImageSource`), or anything `source_of` turns into one. Every input appears exactly once, either in
     some batch's `indices` or in its `failures`. Batches hold `batch_size` consecutive inputs, except the first
     few, which grow to it (`batch_sizes`). `exif_transpose=False` ignores EXIF orientation, like the reference
     evaluation pipelines (see images.py). `fast_decode` trades exact reference pixels for speed (`load_pixels`).

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mvit_cli.errors import ImageDecodeError
-from mvit_cli.pipeline.sources import ReadPolicy, Source, read_source
+from mvit_cli.pipeline.sources import ReadPolicy, ImageSource, read_source
 
 WHITE = (255, 255, 255)
 _UNSAFE_FORMATS = frozenset({"EPS"})
@@ -42,7 +42,7 @@ _TIFF_BITS_PER_SAMPLE, _TIFF_SAMPLE_FORMAT, _TIFF_SIGNED = 258, 339, 2
 _ARRAY_CHANNELS = {None: "L", 3: "RGB", 4: "RGBA"}
 
 
-def decode_image(source: Source, exif_transpose: bool = True, draft_shorter: int | None = None,
+def decode_image(source: ImageSource, exif_transpose: bool = True, draft_shorter: int | None = None,
                  policy: ReadPolicy = ReadPolicy()) -> Image.Image:
     """Decode an input (file path, URL, bytes, Pillow image, uint8 array) into an upright RGB image (mode "RGB",
     8 bits per channel). Files and URLs are read within `policy`'s bounds (`sources.read_source`).

@@ -24,7 +24,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 from mvit_cli.errors import ImageDecodeError, NoImagesError, UsageError
 from mvit_cli.pipeline.fetch import is_url
-from mvit_cli.pipeline.sources import ReadPolicy, Source, Unreadable, Url, read_stream
+from mvit_cli.pipeline.sources import ReadPolicy, ImageSource, Unreadable, Url, read_stream
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 STDIN = "-"
@@ -34,7 +34,7 @@ _GLOB_MAGIC = frozenset("*?[")
 @dataclass(frozen=True)
 class ImageInput:
     name: str  # how results name it: the path as reached from the argument, the URL, or "-" for stdin
-    source: Source  # the file, the URL, the bytes read from stdin, or why it cannot be read
+    source: ImageSource  # the file, the URL, the bytes read from stdin, or why it cannot be read
 
 
 def display_name(path: str) -> str:

@@ -60,7 +60,7 @@ class Unreadable:
 
 
 # A file, a URL, the raw bytes of one image, a decoded image, pixels, or a known failure.
-Source = Union[Path, Url, bytes, Image.Image, np.ndarray, Unreadable]
+ImageSource = Union[Path, Url, bytes, Image.Image, np.ndarray, Unreadable]
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def _too_large(size: int | None, limit: int, what: str = "file") -> str:
     return f"{what} too large: {shown}over the {limit >> 20:,} MiB limit for one image"
 
 
-def read_source(source: Source, policy: ReadPolicy = ReadPolicy()) -> bytes | Image.Image | np.ndarray:
+def read_source(source: ImageSource, policy: ReadPolicy = ReadPolicy()) -> bytes | Image.Image | np.ndarray:
     """The encoded bytes of a file, URL or bytes input; a Pillow image or an array as given. Raises
     ImageDecodeError for anything unreadable, with the reason for the error record."""
     if isinstance(source, Unreadable):
