@@ -120,9 +120,10 @@ def main() -> None:
                 b16 = statistics.median(measured[(label, "bfloat16")])
                 share = macs * b16 / peak if label != "end to end" else None
                 rows.append((variant, label, f32, b16, share))
-            print(f"{variant}: max |logit difference| {float(difference.max()):.3f}, mean {float(difference.mean()):.4f}, "
+            print(f"{variant}: max |logit difference| {float(difference.max()):.3f}, "
+                  f"mean {float(difference.mean()):.4f}, "
                   f"top-1 agreement {agreement:.0%} on {len(images)} synthetic images")
-    print(f"\n| variant | what | float32 img/s | bfloat16 img/s | bf16 / fp32 | share of the bf16 matmul rate |")
+    print("\n| variant | what | float32 img/s | bfloat16 img/s | bf16 / fp32 | share of the bf16 matmul rate |")
     print("|---|---|---:|---:|---:|---:|")
     for variant, label, f32, b16, share in rows:
         print(f"| {variant} | {label} | {f32:.1f} | {b16:.1f} | {b16 / f32:.2f} | "

@@ -197,7 +197,7 @@ def predictions_writer(file: TextIO):
         for p in rows:
             # The probabilities as classify writes them: rounded down to 8 decimals, shortest repr.
             writer.writerow([str(p.path), " ".join(map(str, p.targets)), *p.classes,
-                             *(repr(q) for q in round_down(torch.tensor(p.probabilities, dtype=torch.float64)).tolist())])
+                             *map(repr, round_down(torch.tensor(p.probabilities, dtype=torch.float64)).tolist())])
         file.flush()  # rows of an interrupted run are on disk
 
     return write
@@ -222,7 +222,8 @@ def write_html_report(path, summary_: dict[str, Any], result, prepared, model, c
 
     protocol = prepared.protocol
     if prepared.among is not None:
-        classes = f"{prepared.classes} of {class_subsets.SUBSET_TITLES[protocol.classes]} (top-1 / top-5 among them only)"
+        classes = (f"{prepared.classes} of {class_subsets.SUBSET_TITLES[protocol.classes]} "
+                   "(top-1 / top-5 among them only)")
     else:
         classes = f"{prepared.classes}"
     context = html.EvalContext(protocol.title, prepared.eval_set.title, choice.describe(),

@@ -100,7 +100,8 @@ def eval_command(
     ] = None,
     interpolation: Annotated[
         Optional[Interpolation],
-        typer.Option("--interpolation", metavar="FILTER", help="Resampling filter of the resize (default: the weight source's; timm "
+        typer.Option("--interpolation", metavar="FILTER",
+                     help="Resampling filter of the resize (default: the weight source's; timm "
                      "bicubic).", show_default=False),
     ] = None,
     batch_size: BatchSizeOpt = None,

@@ -135,14 +135,16 @@ class TableRenderer:
                                              ("error: " + printable(record["error"]), "red")))
             return
         # Paths go in as Text, never as str: rich would read "[...]" in a file name as markup.
-        table = Table(title=Text(printable(record["path"])), title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
+        table = Table(title=Text(printable(record["path"])), title_justify="left", title_style="bold",
+                      box=box.SIMPLE_HEAD)
         table.add_column("#", justify="right")
         table.add_column("label")
         table.add_column("wnid", style="dim")
         table.add_column("probability", justify="right")
         table.add_column("", style="cyan", min_width=BAR_WIDTH)
         for p in record["predictions"]:
-            table.add_row(str(p["rank"]), p["label"], p["wnid"], probability_text(p["probability"]), bar(p["probability"]))
+            table.add_row(str(p["rank"]), p["label"], p["wnid"], probability_text(p["probability"]),
+                          bar(p["probability"]))
         self.console.print(table)
 
     def _compact(self, records: list[Record]) -> None:
@@ -164,7 +166,8 @@ class TableRenderer:
                 continue
             top, *others = record["predictions"]
             rest = ", ".join(f"{p['label']} {probability_text(p['probability'])}" for p in others)
-            table.add_row(Text(self._fit(record["path"])), top["label"], probability_text(top["probability"]), Text(rest))
+            table.add_row(Text(self._fit(record["path"])), top["label"], probability_text(top["probability"]),
+                          Text(rest))
         self.console.print(table)
 
     def _fit(self, path: str) -> str:

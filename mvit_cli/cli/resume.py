@@ -124,7 +124,8 @@ def _scan_csv(file, path: Path, top_k: int) -> Done:
         image, rank, *_, error = row
         starts_record = bool(error) or rank == "1"
         if starts_record and group is not None:
-            raise NotAnOutputFile(path, f"{group} has {ranks} ranks, not {top_k} (was it written with --top-k {ranks}?)")
+            raise NotAnOutputFile(path, f"{group} has {ranks} ranks, not {top_k} "
+                                        f"(was it written with --top-k {ranks}?)")
         if error:
             done.paths[image] += 1
             done.records += 1

@@ -53,9 +53,9 @@ def download_command(
     Files come from the Hugging Face hub (or the mirror in HF_ENDPOINT), pinned to the commits listed in mvit's
     weight manifest, into huggingface_hub's standard cache (HF_HUB_CACHE, HF_HOME; --cache-dir / MVIT_CACHE
     override). A file already cached and verified is not fetched again, nor one imported by hand that is the
-    published file. A file that does not match its sha256 is deleted and reported. For a machine without network: run this where there is one, then copy the cache
-    folder (`mvit cache list` shows it) to the cache folder of that machine (or point --cache-dir / MVIT_CACHE
-    at the copy).
+    published file. A file that does not match its sha256 is deleted and reported. For a machine without network:
+    run this where there is one, then copy the cache folder (`mvit cache list` shows it) to the cache folder of that
+    machine (or point --cache-dir / MVIT_CACHE at the copy).
 
     Examples:
 
@@ -69,7 +69,8 @@ def download_command(
     from mvit_cli.cli.output import Output, megabytes, progress_enabled, warn
 
     out = Output(output_format.value)
-    jobs = [(v, s) for s in _choices(source.value, manifest.SOURCES) for v in _choices(variant.value, manifest.VARIANTS)]
+    jobs = [(v, s) for s in _choices(source.value, manifest.SOURCES)
+            for v in _choices(variant.value, manifest.VARIANTS)]
     files: list[dict] = []
     for v, s in jobs:
         try:

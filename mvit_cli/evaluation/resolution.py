@@ -32,7 +32,8 @@ class Resolution:
     def check(self) -> None:
         """Raise InvalidValueError for values no protocol can have (before any work is done)."""
         if self.input_size is not None and not MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE:
-            raise InvalidValueError("input_size", self.input_size, f"must be {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels")
+            raise InvalidValueError("input_size", self.input_size,
+                                    f"must be {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels")
         if self.crop_pct is not None and not MIN_CROP_PCT <= self.crop_pct <= 1.0:
             raise InvalidValueError("crop_pct", f"{self.crop_pct:g}", f"must be {MIN_CROP_PCT} to 1 (the crop's share "
                                     "of the resized shorter side)")

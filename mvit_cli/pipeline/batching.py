@@ -31,7 +31,7 @@ import torch
 
 from mvit_cli.errors import ImageDecodeError
 from mvit_cli.pipeline.images import decode_image
-from mvit_cli.pipeline.sources import ReadPolicy, ImageSource
+from mvit_cli.pipeline.sources import ImageSource, ReadPolicy
 from mvit_cli.pipeline.thumbnails import jpeg_thumbnail
 from mvit_cli.preprocess import Preprocessing, normalize, resize_and_crop, to_uint8_hwc
 

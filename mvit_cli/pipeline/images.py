@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mvit_cli.errors import ImageDecodeError
-from mvit_cli.pipeline.sources import ReadPolicy, ImageSource, read_source
+from mvit_cli.pipeline.sources import ImageSource, ReadPolicy, read_source
 
 WHITE = (255, 255, 255)
 _UNSAFE_FORMATS = frozenset({"EPS"})

@@ -1,11 +1,11 @@
 """From the PATH arguments of a command (and lists of inputs) to the ordered images to work on.
 
-A PATH is an http(s) URL (fetched when its turn comes, see fetch.py), an image file (taken whatever its name: decoding goes by content), a folder (its image files,
-recursively unless `recursive=False`), a glob pattern (`photos/*.jpg`, `**/*.png`; quote it so mvit, not the
-shell, expands it), or `-` for one image read from stdin. In folders and glob matches only files with an image
-extension count (jpg jpeg png webp bmp gif tif tiff, any letter case) and hidden files and folders (".name")
-are skipped. Order: arguments in the order given, each folder sorted by path; the same file reached twice
-(even spelled differently) is kept once, at its first position.
+A PATH is an http(s) URL (fetched when its turn comes, see fetch.py), an image file (taken whatever its name:
+decoding goes by content), a folder (its image files, recursively unless `recursive=False`), a glob pattern
+(`photos/*.jpg`, `**/*.png`; quote it so mvit, not the shell, expands it), or `-` for one image read from stdin. In
+folders and glob matches only files with an image extension count (jpg jpeg png webp bmp gif tif tiff, any letter
+case) and hidden files and folders (".name") are skipped. Order: arguments in the order given, each folder sorted by
+path; the same file reached twice (even spelled differently) is kept once, at its first position.
 
 A list (`--files-from`) holds one path or URL per line (blank lines and "#" comments skipped); it is read as the
 run goes, never whole, so a list of millions costs no more memory than a short one. Its lines are taken as they
@@ -24,7 +24,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 from mvit_cli.errors import ImageDecodeError, NoImagesError, UsageError
 from mvit_cli.pipeline.fetch import is_url
-from mvit_cli.pipeline.sources import ReadPolicy, ImageSource, Unreadable, Url, read_stream
+from mvit_cli.pipeline.sources import ImageSource, ReadPolicy, Unreadable, Url, read_stream
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 STDIN = "-"

@@ -24,10 +24,11 @@ MAX_DEFAULT_WORKERS = 4
 def default_workers() -> int:
     """Image-decoding threads when the user gives none (pipeline/batching.py).
 
-    One per core beyond the first, at most MAX_DEFAULT_WORKERS: decoding overlaps the model, which uses every core. Measured on 2
-    cores (`classify`, 300 ImageNet JPEGs, ~3 ms each to decode and crop, batch 32), images/s with 0 / 1 / 2
-    threads: XXS 142 / 141 / 142, XS 87 / 89 / 84, S 53 / 54 / 56: on 2 cores the model and decoding share the
+    One per core beyond the first, at most MAX_DEFAULT_WORKERS: decoding overlaps the model, which uses every core.
+    Measured on 2 cores (`classify`, 300 ImageNet JPEGs, ~3 ms each to decode and crop, batch 32), images/s with 0 /
+    1 / 2 threads: XXS 142 / 141 / 142, XS 87 / 89 / 84, S 53 / 54 / 56: on 2 cores the model and decoding share the
     same cores, so one thread or none are equal (0 still overlaps: the model runs the previous batch meanwhile).
+
     With spare cores the decoding threads keep a fast model fed; they cost no start-up time.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
