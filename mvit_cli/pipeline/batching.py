@@ -39,7 +39,7 @@ Item = TypeVar("Item")
 
 # Size of the first batch; the next ones double up to the batch size. The model starts once the first few images
 # are decoded instead of a whole batch (32 images: ~0.1 s of one core), and the first results show sooner.
-# Four keeps two cores busy with two images each from the start (runners.torch_cpu.CPU_MICRO_BATCH).
+# Four keeps two cores busy from the start (runners.torch_cpu.CPU_MICRO_BATCH images per core at a time).
 FIRST_BATCH = 4
 
 # Batches being decoded beyond the one handed out (the decoders' look-ahead; bounds the memory held).

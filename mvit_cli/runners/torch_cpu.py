@@ -14,10 +14,9 @@ How it gets its speed, each step measured in benchmarks/RESULTS.md:
    ms at batch 1 and 11.3 -> 9.9 ms on one core; S 21.7 -> 18.8 / 39.2 -> 35.8 ms; logits still within
    5e-6. Cost: one profiling call and one compiling call (~0.2 s) per input shape, done while tracing.
    MVIT_ONEDNN_FUSION=0 turns it off (the traced graph then runs unoptimised, as before).
-4. Images are split across the cores in chunks of two (`CPU_MICRO_BATCH`; a short last chunk is padded so one
-   trace serves every batch size, on one core as on many, and every image gets the same bits however it is
-   batched: `same_shape_chunks`), each core running single-threaded kernels; a traced batch of one chunk runs
-   on all cores instead (lowest latency), on the chunk's graph, padded. Per
+4. Images are split across the cores one at a time (`CPU_MICRO_BATCH`: one trace serves every batch size, on one
+   core as on many, and every image gets the same bits however it is batched: `same_shape_chunks`), each core
+   running single-threaded kernels; a traced batch of one image runs on all cores instead (lowest latency). Per
    image, splitting (measured one image per core, unfused) is ~10% faster than running the whole batch with
    multi-threaded kernels on an idle machine (XXS 6.2 vs 6.7 ms, S 21.5 vs 23.7 ms, 2 cores) and 2.4x faster
    when another process keeps one core busy (XXS 10.1 vs 24.7 ms): single-threaded kernels never wait for a
@@ -47,12 +46,12 @@ from mvit_cli.runners.base import Pending, PerCorePool, Runner
 from mvit_cli.runners.precision import DTYPES, in_precision
 from mvit_cli.runners.tuning import cpu_threads, onednn_fusion_wanted, tune_allocator
 
-# Images per call of the per-core model on the CPU. Measured per image at batch 32 with oneDNN fusion (one image
-# per core at a time vs two vs three or four), two runs each: XXS 6.01 / 5.57 / 5.55 and 5.64 / 5.65 / 5.78 ms,
-# XS 12.02 / 11.34 / 10.90 (four), S 19.95 / 17.89 / 20.66 and 18.71 / 17.37 / 19.19 ms. Two is never worse and
-# 6-10% faster for XS and S. (Unfused, one had been best: XXS 6.15 / 5.99 / 6.06, S 21.5 / 22.4 / 25.0 ms.)
-# The onnxruntime backend keeps one (`ORT_MICRO_BATCH`).
-CPU_MICRO_BATCH = 2
+# Images per call of the per-core model on the CPU: one. Every image then runs on the one graph traced for a single
+# image, so its logits are the same bits however it is batched (`same_shape_chunks`), and a lone image needs no
+# padding. Measured 2026-12-01 (AMX-class Xeon, 2 cores, fusion on), one vs two images per call, images/s at batch
+# 32: XXS 202 vs 191, S 55.6 vs 56.9; at batch 1 (two images had been padded): XXS 5.8 vs 10.0 ms, S 17.8 vs
+# 33.5 ms. (On the AVX-512 Xeon of earlier sessions two per call had been 6-10% faster for XS and S at batch 32.)
+CPU_MICRO_BATCH = 1
 
 # A job of fewer images than this runs the folded model eagerly instead of tracing it. Tracing and fusing cost
 # ~0.5 s per process (XXS 0.51, XS 0.49-0.54, S 0.56-0.60 s) and save per image, eager -> traced, 2 cores:

@@ -14,16 +14,16 @@ batch only once they are decoded (a slow decode holds a batch back by `max_wait`
 fails to decode never gets here. A batch whose model call raises fails its images only.
 
 The model is called from the batcher's thread only: on the CPU runner the images of a batch spread over the
-cores, two per core, each core running single-threaded kernels (runners/torch_cpu.py), and each image's logits
-are the same bits whatever batch it ran in (`same_shape_chunks`), so a record does not depend on which requests
-happened to arrive with it.
+cores, one at a time per core, each core running single-threaded kernels (runners/torch_cpu.py), and each
+image's logits are the same bits whatever batch it ran in (`same_shape_chunks`), so a record does not depend on
+which requests happened to arrive with it.
 
 On the CPU the batcher's own thread is single-threaded too (`single_threaded`), and the model is warmed up from
 it (`warm_up`): then no thread of the server ever starts an OpenMP team. Warmed up from a thread with all cores,
 the model's fused oneDNN kernels are compiled for that many threads, and every per-core thread running them then
 starts a team of its own: more threads than cores, which waited on each other (measured, XXS, 16 clients on 2
 cores: 18.6 ms of CPU per image instead of 17.4, 96-101 instead of 110-115 images/s). A lone image then runs
-on one core instead of two (its chunk graph, padded to two images): on an idle machine its request takes
+on one core instead of two: on an idle machine its request takes
 longer than two cores would need (p50 24 ms where decode + model on two cores take 14), and with other
 processes on the cores far less (the two-core path took 800 ms per image with one core busy; 1 client p50
 26 ms). benchmarks/RESULTS.md has the figures.
@@ -148,9 +148,8 @@ class DynamicBatcher:
         runs at once. None once closed and drained.
 
         Of more than `unit` images waiting, a whole number of units is taken and the rest left first in line for
-        the next batch, which starts as soon as this one is done. On the CPU a unit is two images per core: the
-        runner pads a short last chunk with copies (`same_shape_chunks`), so 5 images cost as much as 6 and on
-        2 cores as much as 8."""
+        the next batch, which starts as soon as this one is done. On the CPU a unit is one image per core: 3
+        images on 2 cores take as long as 4."""
         with self._changed:
             while not self._jobs:
                 if self._closed:
