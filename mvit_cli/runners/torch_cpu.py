@@ -51,6 +51,8 @@ from mvit_cli.runners.tuning import cpu_threads, onednn_fusion_wanted, tune_allo
 # padding. Measured 2026-12-01 (AMX-class Xeon, 2 cores, fusion on), one vs two images per call, images/s at batch
 # 32: XXS 202 vs 191, S 55.6 vs 56.9; at batch 1 (two images had been padded): XXS 5.8 vs 10.0 ms, S 17.8 vs
 # 33.5 ms. (On the AVX-512 Xeon of earlier sessions two per call had been 6-10% faster for XS and S at batch 32.)
+# bfloat16 (same machine, AMX), S, one vs two per call: batch 32 79.1 vs 82.4 images/s, batch 1 43.5 vs 28.9: two
+# would gain 4% in bulk and make a lone image slower than float32 (33.6). One for every precision.
 CPU_MICRO_BATCH = 1
 
 # A job of fewer images than this runs the folded model eagerly instead of tracing it. Tracing and fusing cost
