@@ -13,7 +13,7 @@ What is measured, per variant, at batch 1 and at mvit's default batch size:
 and, with the default batch size and decoding thread count, the `classify` pipeline on a folder of JPEGs:
 decode-only images/s (the pipeline without the model), model-only images/s, end-to-end images/s.
 
-Same weights everywhere: a transformers model is randomised with tests/randomize.py (realistic activations:
+Same weights everywhere: a transformers model is randomised with mvit_cli.random_weights (realistic activations:
 default initialisation makes denormal floats that slow CPUs several times), loaded into mvit through mvit's
 own checkpoint loader, and copied into timm by key; the parent checks that all three give the same logits.
 
@@ -148,7 +148,7 @@ def child_model(spec: dict) -> list[dict]:
         batch = benchmark.example_batch(batch_size, 256, 256)
         if flip:
             batch = batch.flip(1).contiguous()
-        first, summary, load = benchmark.measure(run, batch, 3, spec["repetitions"], spec["min_seconds"])
+        first, summary, load, _ = benchmark.measure(run, batch, 3, spec["repetitions"], spec["min_seconds"])
         results.append({"variant": variant, "batch_size": batch_size, "backend": spec["contender"],
                         "setup_s": build_s + first, "background_load": load, "threads": torch.get_num_threads(),
                         **summary})
@@ -195,7 +195,7 @@ def child_pipeline(spec: dict) -> dict:
     out["decode_cpu_ms_per_image"] = 1000 * (time.process_time() - cpu0) / n  # every thread of this process
 
     batch = benchmark.example_batch(batch_size, 256, 256)
-    _, summary, _ = benchmark.measure(model.run, batch, 2, 5, spec["min_seconds"])
+    _, summary, _, _ = benchmark.measure(model.run, batch, 2, 5, spec["min_seconds"])
     out["model_only_ips"] = summary["images_per_second"]
 
     load = benchmark._LoadMeter()

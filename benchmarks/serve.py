@@ -54,12 +54,11 @@ WARMUP_REQUESTS = 16
 
 
 def make_weights(variant: str, folder: Path) -> Path:
-    """A random-weight checkpoint in mvit's format (realistic activations: tests/randomize.py)."""
-    sys.path.insert(0, str(TESTS))
+    """A random-weight checkpoint in mvit's format (realistic activations: mvit_cli.random_weights)."""
     import safetensors.torch
-    from randomize import randomize_
 
     from mvit_cli.model import build_model
+    from mvit_cli.random_weights import randomize_
 
     model = randomize_(build_model(variant), seed=1).eval()
     path = folder / f"{variant}-random.safetensors"
