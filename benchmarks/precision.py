@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/precision.py --variants s --rounds 3
 
 For each variant: model-only images/s at batch 1 and at the default batch (the runner classify uses, on
-synthetic 256x256 images) and end-to-end images/s (`mvit classify` on the sample photos, whole command), float32
+synthetic 256x256 images) and end-to-end images/s (the whole `mvit classify` command, start-up included, on the
+sample photos three times over: 300 images), float32
 and bfloat16 alternating in every round (the host is shared: only ratios from one run compare), the median over
 rounds, and the share of this CPU's attainable bf16 matrix rate reached: the MobileViT's multiply-accumulates per
 image (mvit_cli.costs) times images/s, over the rate of a large bf16 matmul on all cores measured in the same run.
@@ -86,39 +87,49 @@ def main() -> None:
     batch_size = runners.default_batch_size(torch.device("cpu"))
     rows = []
     with tempfile.TemporaryDirectory(prefix="mvit-precision-") as scratch:
-        photos = _photos(Path(scratch))
+        # The photos three times over: start-up (~1.5 s) then weighs on the whole command as on a job of hundreds.
+        paths = sorted(str(p) for p in _photos(Path(scratch)).iterdir()) * 3
+        listing = Path(scratch) / "photos.txt"
+        listing.write_text("\n".join(paths) + "\n")
         for variant in args.variants:
             model = random_model(variant, seed=0)
             weights = Path(scratch) / f"{variant}.safetensors"
             safetensors.torch.save_file(model.state_dict(), str(weights),
                                         metadata={"format": "mvit", "variant": variant, "source": "timm"})
             macs = costs.anatomy(variant).flops.total / 2
-            prepared = {dtype: runners.prepare(model, torch.device("cpu"), dtype=dtype)
-                        for dtype in ("float32", "bfloat16")}
             images = structured_images(batch_size, 256, seed=1)
-            exact, fast = prepared["float32"](images), prepared["bfloat16"](images)
+            batches = {"batch 1": images[:1], f"batch {batch_size}": images}
+            # A runner per batch size, as in separate jobs: one runner that has run its per-core graph on batches
+            # runs a lone image on all cores ~1.5x slower than a fresh one (the fused kernels were compiled on
+            # single-threaded cores; runners/torch_cpu.py).
+            prepared = {(dtype, label): runners.prepare(model, torch.device("cpu"), dtype=dtype)
+                        for dtype in ("float32", "bfloat16") for label in batches}
+            last = f"batch {batch_size}"
+            exact, fast = prepared[("float32", last)](images), prepared[("bfloat16", last)](images)
             agreement = float((exact.argmax(1) == fast.argmax(1)).float().mean())
             difference = (exact - fast).abs()
             measured: dict[tuple[str, str], list[float]] = {}
             for round_ in range(args.rounds):
                 order = ("float32", "bfloat16") if round_ % 2 == 0 else ("bfloat16", "float32")
                 for dtype in order:
-                    for label, batch in (("batch 1", images[:1]), (f"batch {batch_size}", images)):
-                        measured.setdefault((label, dtype), []).append(_rate(prepared[dtype], batch, args.seconds))
+                    for label, batch in batches.items():
+                        measured.setdefault((label, dtype), []).append(
+                            _rate(prepared[(dtype, label)], batch, args.seconds))
                     if not args.no_end_to_end:
                         started = time.perf_counter()
-                        done = subprocess.run([str(BIN / "mvit"), "classify", str(photos), "--weights", str(weights),
+                        done = subprocess.run([str(BIN / "mvit"), "classify", "--files-from", str(listing),
+                                               "--weights", str(weights),
                                                "--dtype", dtype, "--format", "jsonl", "-o",
                                                str(Path(scratch) / "out.jsonl")], capture_output=True)
                         if done.returncode != 0:
                             raise SystemExit(done.stderr.decode()[-600:])
-                        count = len(list(photos.glob("*")))
-                        measured.setdefault(("end to end", dtype), []).append(count / (time.perf_counter() -
+                        count = len(paths)
+                        measured.setdefault(("whole command", dtype), []).append(count / (time.perf_counter() -
                                                                                           started))
             for label in dict.fromkeys(label for label, _ in measured):
                 f32 = statistics.median(measured[(label, "float32")])
                 b16 = statistics.median(measured[(label, "bfloat16")])
-                share = macs * b16 / peak if label != "end to end" else None
+                share = macs * b16 / peak if label != "whole command" else None
                 rows.append((variant, label, f32, b16, share))
             print(f"{variant}: max |logit difference| {float(difference.max()):.3f}, "
                   f"mean {float(difference.mean()):.4f}, "
