@@ -258,7 +258,8 @@ def median_by(rows: list[dict], key: str) -> float:
 def report(model_rows: list[dict], pipeline_rows: list[dict], info: dict) -> str:
     lines = [f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
              f"Python {info['python']}", ""]
-    lines.append("| variant | batch | contender | ms/image | images/s | x timm | setup s | max abs diff | background load |")
+    lines.append("| variant | batch | contender | ms/image | images/s | x timm | setup s | max abs diff "
+                 "| background load |")
     lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     groups: dict[tuple, list[dict]] = {}
     for row in model_rows:

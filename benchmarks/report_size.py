@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import DEFAULT_IMAGES, _links, _photos, _weights  # noqa: E402  (the same photos and weights)
+from scale import DEFAULT_IMAGES, _links, _photos, _weights  # the same photos and weights (benchmarks/ is on the path)
 
 
 def _classify(weights: Path, listing: Path, out: Path, extra: list[str]) -> float:
@@ -38,6 +37,8 @@ def _classify(weights: Path, listing: Path, out: Path, extra: list[str]) -> floa
 
 
 def _open_in_chromium(report: Path) -> dict[str, float] | None:
+    # The headless-browser setup is the tests' (tests/browser.py: chromium discovery and flags), the one thing this
+    # benchmark takes from tests/.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, unavailable
 

@@ -42,7 +42,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TESTS = REPO / "tests"
 # The project's sample photos sit in a shared/ folder beside the checkout (or beside a worktree's parent).
 DEFAULT_PHOTOS = next((folder / "shared" / "imagenet-sample-100" for folder in REPO.parents
                        if (folder / "shared" / "imagenet-sample-100").is_dir()), REPO.parent / "shared")
@@ -73,15 +72,14 @@ def photo_paths(folder: Path | None, scratch: Path) -> tuple[list[Path], str]:
         found = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         if found:
             return found, str(folder)
-    sys.path.insert(0, str(TESTS))
-    from image_corpus import smooth_rgb
+    from mvit_cli.random_weights import synthetic_photo
 
     made = []
     for i in range(100):
         path = scratch / f"photo{i:03d}.jpg"
-        smooth_rgb(500, 375 if i % 3 else 333, seed=i).save(path, quality=90)
+        synthetic_photo(500, 375 if i % 3 else 333, seed=i).save(path, quality=90)
         made.append(path)
-    return made, "100 generated 500x375 JPEGs (tests/image_corpus.smooth_rgb)"
+    return made, "100 generated 500x375 JPEGs (mvit_cli.random_weights.synthetic_photo)"
 
 
 # ------------------------------------------------------------------------------------------ load meter
