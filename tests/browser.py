@@ -1,8 +1,6 @@
 """A real headless browser for tests of pages: Debian's chromium, driven through chromium-driver by Selenium.
 
-    from browser import browser  # noqa: F401  (the fixture)
-
-    def test_page(browser):
+    def test_page(browser):  # the fixture, registered in conftest.py
         browser.open("http://127.0.0.1:8000/")          # or a file:// URL of a report
         ...browser.driver.find_element(...)...
         assert browser.console_errors() == []

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from browser import browser  # noqa: F401 - the headless-browser fixture, for every test module
+
 _SESSION_CACHE = tempfile.mkdtemp(prefix="mvit-tests-")
 for name, sub in (("HF_HOME", "hf"), ("XDG_CACHE_HOME", "xdg")):
     os.environ[name] = os.path.join(_SESSION_CACHE, sub)

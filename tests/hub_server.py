@@ -51,7 +51,8 @@ class FakeHub:
 
     # ------------------------------------------------------------------------------------ content
 
-    def add_file(self, repo_id: str, commit: str, filename: str, data: bytes, branch: str | None = "main") -> HostedFile:
+    def add_file(self, repo_id: str, commit: str, filename: str, data: bytes,
+                 branch: str | None = "main") -> HostedFile:
         hosted = HostedFile(data, hashlib.sha256(data).hexdigest())
         self.repos.setdefault((repo_id, commit), {})[filename] = hosted
         if branch:

@@ -37,7 +37,8 @@ from mvit_cli.cli.main import app
 N_IMAGES = 10
 JSON_KEYS = {"dataset", "layout", "variant", "source", "classes", "input_size", "crop_pct", "interpolation", "images",
              "failed", "images_without_labels", "images_other_classes", "top1", "top5", "seconds",
-             "images_per_second", "published", "protocol_is_published", "partial", "limit", "labels", "checkpoint", "dtype"}
+             "images_per_second", "published", "protocol_is_published", "partial", "limit", "labels", "checkpoint",
+             "dtype"}
 
 
 pytestmark = pytest.mark.usefixtures("offline_empty_cache")

@@ -299,8 +299,9 @@ def test_exports_folder_of_a_cached_file_is_mvits_own(tmp_path, monkeypatch):
     root = tmp_path / "given"  # a --cache-dir: recognised from the path, whatever the environment says
     repo = "models--timm--mobilevit_xxs.cvnets_in1k"
     exports = root / "mvit" / "exports"
-    assert store.cache_exports_folder(root / repo / "snapshots" / ENTRY.revision / "model.safetensors") == exports / repo
-    assert store.cache_exports_folder(root / repo / "snapshots" / ENTRY.revision / "sub" / "w.bin") == exports / repo
+    snapshot = root / repo / "snapshots" / ENTRY.revision
+    assert store.cache_exports_folder(snapshot / "model.safetensors") == exports / repo
+    assert store.cache_exports_folder(snapshot / "sub" / "w.bin") == exports / repo
     assert store.cache_exports_folder(root / repo / "blobs" / ("0" * 64)) == exports / repo
     imported = root / "mvit" / "imports" / "mobilevit_s-apple.safetensors"
     assert store.cache_exports_folder(imported) == exports / "imports--mobilevit_s-apple"

@@ -30,7 +30,6 @@ from cli_helpers import invoke
 from mvit_cli.pipeline.batching import iter_batches
 from mvit_cli.preprocess import Preprocessing
 
-from browser import browser  # noqa: F401  (the fixture)
 
 P = Preprocessing(284, "bicubic", 256)
 
@@ -159,7 +158,8 @@ def assert_self_contained(page: Node) -> None:
         assert not any(name.startswith("on") for name in node.attrs), (node.tag, node.attrs)  # no inline handlers
     styles = " ".join(node.text() for node in page.find_all("style"))
     assert "url(" not in styles and "@import" not in styles
-    (csp,) = [m.attrs["content"] for m in page.find_all("meta") if m.attrs.get("http-equiv") == "Content-Security-Policy"]
+    (csp,) = [m.attrs["content"] for m in page.find_all("meta")
+              if m.attrs.get("http-equiv") == "Content-Security-Policy"]
     assert "default-src 'none'" in csp and "img-src data:" in csp and "unsafe-inline" not in csp
 
 

@@ -102,7 +102,7 @@ def test_no_other_scheme_is_fetched(xxs_checkpoint, tmp_path, photos):
 def test_files_from_streams_a_list_with_comments_urls_and_stdin(xxs_checkpoint, photos, tmp_path):
     with WebServer() as server:
         url = server.route("/x.jpg", body(photos[4].read_bytes()))
-        lines = ["# a list", str(photos[0]), "", "   ", f"  # indented comment", str(photos[2]), url,
+        lines = ["# a list", str(photos[0]), "", "   ", "  # indented comment", str(photos[2]), url,
                  str(tmp_path / "gone.jpg")]
         listing = tmp_path / "list.txt"
         listing.write_text("\n".join(lines) + "\n")

@@ -30,7 +30,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from browser import browser  # noqa: F401 - the fixture
 from http_fixtures import WebServer, body
 from image_corpus import decompression_bomb_png, encode, exif_rotated_jpeg, in_mode, smooth_rgb
 from mvit_cli.cli.main import app

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hub_server import FakeHub, closed_endpoint, safetensors_bytes, timm_checkpoint, torch_bytes, transformers_checkpoint
+from hub_server import (FakeHub, closed_endpoint, safetensors_bytes, timm_checkpoint, torch_bytes,
+                        transformers_checkpoint)
 from mvit_cli.random_weights import structured_images
 from mvit_cli import manifest
 
@@ -146,7 +147,8 @@ def test_cache_copied_without_symlinks_is_kept_and_a_tampered_copy_refused(fake_
     fake_hub.stop()
     for name in ("intact", "tampered"):
         shutil.copytree(home, tmp_path / name, symlinks=False, copy_function=shutil.copyfile)
-    snapshot = Path("hub") / "models--timm--mobilevit_xxs.cvnets_in1k" / "snapshots" / TIMM_XXS.revision / TIMM_XXS.filename
+    snapshot = (Path("hub") / "models--timm--mobilevit_xxs.cvnets_in1k" / "snapshots" / TIMM_XXS.revision
+                / TIMM_XXS.filename)
 
     result = mvit("download", "-m", "xxs", home=tmp_path / "intact", endpoint=fake_hub.endpoint, offline=True)
     assert result.returncode == 0 and "already cached" in result.stdout, result.stderr

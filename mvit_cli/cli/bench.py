@@ -108,7 +108,8 @@ def _print_table(result) -> None:
         ("weights", weights),
         ("batch", f"{result.batch_size} x 3 x {result.input_size[0]} x {result.input_size[1]}"),
         ("setup", f"{result.setup_s:.2f} s (prepare + first call)"),
-        ("latency", f"{result.latency_ms:.2f} ms per batch (p10-p90 {result.latency_ms_p10:.2f}-{result.latency_ms_p90:.2f})"),
+        ("latency", f"{result.latency_ms:.2f} ms per batch "
+                    f"(p10-p90 {result.latency_ms_p10:.2f}-{result.latency_ms_p90:.2f})"),
         ("per image", f"{result.ms_per_image:.2f} ms"),
         (
             "throughput",

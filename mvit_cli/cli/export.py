@@ -44,7 +44,8 @@ def export_command(
     weights: WeightsOpt = None,
     source: SourceOpt = None,
     input_size: InputSizeOpt = 256,
-    no_check: Annotated[bool, typer.Option("--no-check", help="Skip reloading the file to compare its logits.")] = False,
+    no_check: Annotated[bool, typer.Option("--no-check",
+                                           help="Skip reloading the file to compare its logits.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result as JSON (--format names the file's format here).")
     ] = False,

@@ -85,8 +85,8 @@ def _print_tables(info: dict[str, Any]) -> None:
         highlight=False,
         soft_wrap=True,
     )
-    stages = Table(title="Stages (ch: output channels, out: feature map; dim..mlp: the transformer)", title_justify="left",
-                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    stages = Table(title="Stages (ch: output channels, out: feature map; dim..mlp: the transformer)",
+                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for column in ("stage", "blocks", "ch", "stride", "out", "dim", "depth", "heads", "patch", "mlp"):
         stages.add_column(column, justify="left" if column in ("stage", "blocks") else "right", no_wrap=True)
     for row in info["stages"]:

@@ -132,8 +132,10 @@ def _axes(left: float, top: float, plot_w: float, plot_h: float) -> str:
 
 def _axis_labels(left: float, top: float, plot_w: float, plot_h: float, x_label: str, y_label: str) -> str:
     cy = top + plot_h / 2
-    return (f'<text x="{_f(left + plot_w / 2)}" y="{_f(top + plot_h + 28)}" text-anchor="middle">{text(x_label)}</text>'
-            f'<text x="12" y="{_f(cy)}" text-anchor="middle" transform="rotate(-90 12 {_f(cy)})">{text(y_label)}</text>')
+    return (f'<text x="{_f(left + plot_w / 2)}" y="{_f(top + plot_h + 28)}" text-anchor="middle">'
+            f'{text(x_label)}</text>'
+            f'<text x="12" y="{_f(cy)}" text-anchor="middle" transform="rotate(-90 12 {_f(cy)})">'
+            f'{text(y_label)}</text>')
 
 
 def _range_text(a: float, b: float, percent: bool) -> str:

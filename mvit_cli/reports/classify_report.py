@@ -8,8 +8,9 @@ classification used); nothing is read again.
 
 Size: each image costs its thumbnail (longest side `THUMBNAIL_MAX_SIDE` px, JPEG quality 70: ~2.9 KB for a photo,
 3.9 KB as base64) plus ~1.5 KB of markup for five bars: 54 MB for 10,000 photos (benchmarks/report_size.py;
-README, "Reports and heatmaps"). The page stays usable at that size: the cards are laid out and their images decoded only near the
-screen (content-visibility, lazy images), and the scripts only hide and reorder existing cards.
+README, "Reports and heatmaps"). The page stays usable at that size: the cards are laid out and their images
+decoded only near the screen (content-visibility, lazy images), and the scripts only hide and reorder existing
+cards.
 """
 
 from __future__ import annotations

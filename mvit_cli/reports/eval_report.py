@@ -64,7 +64,8 @@ class EvalCollector:
             top1 = p.classes[0]
             correct = top1 in p.targets
             self.images += 1
-            self.calibration.add(min(max(float(p.probabilities[0]), 0.0), 1.0), correct)  # float64 may pass 1.0 by an ulp
+            # Clamped: a float64 sum may pass 1.0 by an ulp.
+            self.calibration.add(min(max(float(p.probabilities[0]), 0.0), 1.0), correct)
             if correct:
                 continue
             self.mistakes += 1

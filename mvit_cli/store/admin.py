@@ -28,7 +28,8 @@ def list_cache(cache_dir: Path | None = None) -> list[CachedFile]:
     return rows
 
 
-def clear_cache(variant: str | None = None, source: str | None = None, cache_dir: Path | None = None) -> list[CachedFile]:
+def clear_cache(variant: str | None = None, source: str | None = None,
+                cache_dir: Path | None = None) -> list[CachedFile]:
     """Delete mvit's weight files (downloads and imports) for the given variant/source (None: all), and the
     ONNX exports made from them (kind "exports"; without a filter, the whole exports folder).
 

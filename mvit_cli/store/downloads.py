@@ -252,7 +252,8 @@ def fetch(entry: WeightEntry, root: Path, progress: bool, warn: Warn) -> tuple[P
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as exc:
         raise WeightsUnavailableError(
             f"the hub at {hub} has no {entry.filename} in {entry.repo_id} at revision {entry.revision} "
-            f"({type(exc).__name__}); if HF_ENDPOINT points to a mirror, it lacks this file. To get it: " + how_to_get(entry, root)
+            f"({type(exc).__name__}); if HF_ENDPOINT points to a mirror, it lacks this file. To get it: "
+            + how_to_get(entry, root)
         ) from None
     except (OfflineModeIsEnabled, LocalEntryNotFoundError) as exc:
         raise FetchFailed(f"the hub at {hub} cannot be reached ({_first_line(exc)})") from None
