@@ -157,6 +157,7 @@ def test_a_pickled_classifier_loads_lazily_in_another_process(classifier, photos
     assert remote == [r.to_dict() for r in classifier.classify(photos)]
 
 
+@pytest.mark.slow
 def test_the_api_inside_a_dask_cluster_gives_the_cli_records(classifier, xxs_checkpoint, photos):
     """A user's Dask job: the classifier is shipped to worker processes, each classifies a chunk."""
     distributed = pytest.importorskip("distributed")

@@ -217,6 +217,7 @@ def test_integer_weights_are_refused(model, tmp_path):
 # ------------------------------------------------------------------------------------ 8. hostile names
 
 
+@pytest.mark.slow
 def test_control_characters_in_names_never_reach_the_terminal(checkpoint, tmp_path):
     names = ["clip\x1b]52;c;aGVsbG8=\x07.png", "red\x1b[31m.png", "two\nlines.png", "bell\x07\x9b2J.png"]
     for seed, name in enumerate(names):

@@ -148,6 +148,7 @@ def test_bfloat16_embeddings_are_close_to_float32(calibrated, tmp_path):
     assert cosine.min() > 0.999
 
 
+@pytest.mark.slow
 @native_bf16
 def test_eval_in_bfloat16_is_within_a_point_of_float32_and_says_so(tmp_path):
     from eval_helpers import make_checkpoint, make_val_set, write_class_folders

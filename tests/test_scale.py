@@ -99,6 +99,7 @@ def test_no_other_scheme_is_fetched(xxs_checkpoint, tmp_path, photos):
 # ------------------------------------------------------------------------------------ lists
 
 
+@pytest.mark.slow
 def test_files_from_streams_a_list_with_comments_urls_and_stdin(xxs_checkpoint, photos, tmp_path):
     with WebServer() as server:
         url = server.route("/x.jpg", body(photos[4].read_bytes()))
@@ -127,6 +128,7 @@ def test_stdin_cannot_be_both_the_list_and_an_image(xxs_checkpoint):
 # ------------------------------------------------------------------------------------ resume
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_a_killed_job_resumes_to_exactly_the_uninterrupted_output(xxs_checkpoint, photos, tmp_path, fmt):
     many = photos * 4  # 44 inputs, 22 batches of 2
@@ -157,6 +159,7 @@ def test_a_killed_job_resumes_to_exactly_the_uninterrupted_output(xxs_checkpoint
     assert out.read_bytes() == complete.read_bytes()  # every input exactly once, the same records, in order
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", [b'{"not": "mvit"}\n', b"path,rank\nx,1\n", b"hello world\n"])
 def test_resume_refuses_a_foreign_file_and_leaves_it_untouched(xxs_checkpoint, photos, tmp_path, content):
     for fmt in ("jsonl", "csv"):
@@ -216,6 +219,7 @@ def torchrun(*args, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_two_process_classify_and_embed_write_exactly_the_single_process_output(xxs_checkpoint, photos, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")

@@ -413,6 +413,7 @@ def test_no_request_makes_the_server_read_a_path_or_fetch_a_url(server, photos, 
 # ------------------------------------------------------------------------------------------ life cycle
 
 
+@pytest.mark.slow
 def test_sigterm_lets_the_requests_in_flight_finish_and_exits_0(xxs_checkpoint, cache_dir, photos, expected):
     served = start_server(xxs_checkpoint.path, cache_dir)
     sockets = []

@@ -91,6 +91,7 @@ def classify_json(image: Path, home: Path, endpoint: str, *extra: str) -> subpro
                 "--device", "cpu", *extra, home=home, endpoint=endpoint, offline=True)
 
 
+@pytest.mark.slow
 def test_download_then_classify_then_offline_with_the_hub_gone(fake_hub, tmp_path, monkeypatch):
     home = tmp_path / "hf"
     result = mvit("download", "--variant", "xxs", home=home, endpoint=fake_hub.endpoint)
@@ -136,6 +137,7 @@ def test_download_then_classify_then_offline_with_the_hub_gone(fake_hub, tmp_pat
     assert [p["index"] for p in predictions] == expected
 
 
+@pytest.mark.slow
 def test_cache_copied_without_symlinks_is_kept_and_a_tampered_copy_refused(fake_hub, tmp_path):
     # The route the "no weights" error recommends: download on one machine, copy the cache. Copied with
     # `cp -rL` (or a zip, Windows, rsync without -l) the snapshot is a plain file; XXS timm has no sha256 in
@@ -197,6 +199,7 @@ def test_tampered_download_is_refused_and_not_kept(fake_hub, tmp_path):
     assert mvit("download", "--variant", "xxs", home=home, endpoint=fake_hub.endpoint).returncode == 0
 
 
+@pytest.mark.slow
 def test_download_cut_midway_keeps_nothing_and_a_retry_succeeds(fake_hub, tmp_path):
     home = tmp_path / "hf"
     fake_hub.drop, fake_hub.after_drop_status = "once", 503
@@ -217,6 +220,7 @@ def test_download_all_reports_partial_failure(fake_hub, tmp_path):
     assert "timm xs:" in result.stderr and "timm s:" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["timm", "apple"])
 def test_import_bin_then_use_offline(kind, tmp_path, monkeypatch):
     home = tmp_path / "hf"
@@ -304,6 +308,7 @@ def test_cache_list_and_clear_when_empty(tmp_path):
     assert cleared.returncode == 0 and "nothing to remove" in cleared.stdout
 
 
+@pytest.mark.slow
 def test_cache_dir_option_and_env_override_hf_home(fake_hub, tmp_path):
     home, custom = tmp_path / "hf", tmp_path / "custom"
     result = mvit("download", "--variant", "xxs", "--cache-dir", str(custom), home=home, endpoint=fake_hub.endpoint)
