@@ -98,6 +98,11 @@ def _load() -> dict[str, Any]:
     return data
 
 
+def reload() -> None:
+    """Forget the manifest read so far: the next lookup reads `manifest_path()` again."""
+    _load.cache_clear()
+
+
 def _validate(data: dict[str, Any]) -> None:
     """Fail loudly on a malformed manifest: it is package data, so any error here is a bug in mvit."""
     for source in SOURCES:
