@@ -94,12 +94,12 @@ def test_manifest_prefers_the_packaged_copy(tmp_path, monkeypatch):
     text = (REPO_ROOT / "weights" / "manifest.toml").read_text()
     packaged.write_text(text.replace('size_approx = "5.14 MB"', 'size_approx = "packaged"'))
     monkeypatch.setattr(manifest, "_PACKAGED", packaged)
-    manifest._load.cache_clear()
+    manifest.reload()
     try:
         assert manifest.manifest_path() == packaged
         assert manifest.entry("xxs", "timm").size_approx == "packaged"
     finally:
-        manifest._load.cache_clear()
+        manifest.reload()
 
 
 # ------------------------------------------------------------------------------------------ cache root
