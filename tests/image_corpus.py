@@ -27,6 +27,13 @@ def smooth_rgb(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
 
 
+def write_photo(path: Path, seed: int = 0) -> Path:
+    """A small photo-like PNG (48x40) at `path`, its folders made: an input that classifies fast."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    smooth_rgb(48, 40, seed=seed).save(path)
+    return path
+
+
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)

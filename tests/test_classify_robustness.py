@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from image_corpus import smooth_rgb
+from image_corpus import write_photo
 
 MVIT = Path(sys.executable).with_name("mvit")
 pytestmark = pytest.mark.usefixtures("offline_empty_cache")
@@ -23,12 +23,6 @@ pytestmark = pytest.mark.usefixtures("offline_empty_cache")
 @pytest.fixture(scope="module")
 def checkpoint(xxs_checkpoint) -> Path:
     return xxs_checkpoint.path
-
-
-def photo(path: Path, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    smooth_rgb(48, 40, seed=seed).save(path)
-    return path
 
 
 def mvit(*args, checkpoint: Path, unprivileged: bool = False, **kwargs) -> subprocess.CompletedProcess:
@@ -42,8 +36,8 @@ def mvit(*args, checkpoint: Path, unprivileged: bool = False, **kwargs) -> subpr
 
 def test_file_names_that_are_not_utf8_still_give_valid_json(tmp_path, checkpoint):
     folder = tmp_path / "latin"
-    photo(folder / "ok.png")
-    photo(Path(os.fsdecode(bytes(folder) + b"/caf\xe9.png")), seed=1)  # Latin-1 name: legal on Linux
+    write_photo(folder / "ok.png")
+    write_photo(Path(os.fsdecode(bytes(folder) + b"/caf\xe9.png")), seed=1)  # Latin-1 name: legal on Linux
     done = mvit(folder, "--format", "json", checkpoint=checkpoint)
     assert done.returncode == 0, done.stderr
     records = json.loads(done.stdout.decode("utf-8"))  # strict UTF-8
@@ -52,9 +46,9 @@ def test_file_names_that_are_not_utf8_still_give_valid_json(tmp_path, checkpoint
 
 
 def test_unreadable_folder_is_an_error_record_and_the_rest_is_classified(tmp_path, checkpoint):
-    good = photo(tmp_path / "photos" / "a.png")
+    good = write_photo(tmp_path / "photos" / "a.png")
     locked = tmp_path / "photos" / "locked"
-    photo(locked / "b.png")
+    write_photo(locked / "b.png")
     locked.chmod(0)
     try:
         done = mvit(tmp_path / "photos", "--format", "json", checkpoint=checkpoint, unprivileged=True)
@@ -70,7 +64,7 @@ def test_unreadable_folder_is_an_error_record_and_the_rest_is_classified(tmp_pat
 
 
 def test_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, checkpoint):
-    image = photo(tmp_path / "victim.png")
+    image = write_photo(tmp_path / "victim.png")
     before = image.read_bytes()
     done = mvit(image, "--format", "json", "--output", image, checkpoint=checkpoint)
     assert done.returncode == 1
@@ -79,13 +73,13 @@ def test_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, checkpo
 
 
 def test_output_into_a_missing_folder_is_a_usage_error(tmp_path, checkpoint):
-    image = photo(tmp_path / "a.png")
+    image = write_photo(tmp_path / "a.png")
     done = mvit(image, "--output", tmp_path / "nowhere" / "out.json", checkpoint=checkpoint)
     assert done.returncode == 1 and b"does not exist" in done.stderr
 
 
 def test_pattern_matching_nothing_is_named_on_stderr(tmp_path, checkpoint):
-    image = photo(tmp_path / "a.png")
+    image = write_photo(tmp_path / "a.png")
     done = mvit(image, str(tmp_path / "*.jgp"), "--format", "jsonl", checkpoint=checkpoint)
     assert done.returncode == 0
     assert b"matched no images" in done.stderr and b"*.jgp" in done.stderr
@@ -100,7 +94,7 @@ def test_closed_stdin_is_a_usage_error(checkpoint):
 
 def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, checkpoint):
     for i in range(40):
-        photo(tmp_path / "many" / f"{i:02d}.png", seed=i)
+        write_photo(tmp_path / "many" / f"{i:02d}.png", seed=i)
     process = subprocess.Popen(
         [str(MVIT), "classify", str(tmp_path / "many"), "--weights", str(checkpoint), "--workers", "0",
          "--batch-size", "1", "--format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)

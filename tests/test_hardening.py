@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from image_corpus import corrupt_exif_tiff, encode, smooth_rgb, write_hostile_corpus
+from image_corpus import corrupt_exif_tiff, encode, smooth_rgb, write_hostile_corpus, write_photo
 from mvit_cli.cli.main import app
 from mvit_cli.errors import CheckpointError, ImageDecodeError
 from mvit_cli.pipeline import images
@@ -44,12 +44,6 @@ def model(xxs_checkpoint):
 @pytest.fixture(scope="module")
 def checkpoint(xxs_checkpoint) -> Path:
     return xxs_checkpoint.path
-
-
-def photo(path: Path, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    smooth_rgb(48, 40, seed=seed).save(path)
-    return path
 
 
 def mvit(*args, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
@@ -125,7 +119,7 @@ def test_dev_zero_as_input_is_refused_without_reading_it(checkpoint, tmp_path):
     def limit_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    done = mvit("classify", zero, photo(tmp_path / "ok.png"), "--weights", checkpoint, "--format", "json",
+    done = mvit("classify", zero, write_photo(tmp_path / "ok.png"), "--weights", checkpoint, "--format", "json",
                 timeout=60, preexec_fn=limit_memory)
     assert done.returncode == 3, done.stderr
     bad, good = json.loads(done.stdout)
@@ -156,7 +150,7 @@ def test_a_file_over_the_limit_is_refused_by_its_size(tmp_path):
 
 
 def test_output_on_a_hard_link_to_an_input_is_refused_and_the_input_kept(checkpoint, tmp_path):
-    image = photo(tmp_path / "a.png")
+    image = write_photo(tmp_path / "a.png")
     before = image.read_bytes()
     link = tmp_path / "b.json"
     os.link(image, link)
@@ -169,7 +163,7 @@ def test_output_on_a_hard_link_to_an_input_is_refused_and_the_input_kept(checkpo
 
 
 def test_output_that_holds_an_image_is_never_overwritten(checkpoint, tmp_path):
-    image = photo(tmp_path / "a.png")
+    image = write_photo(tmp_path / "a.png")
     other = tmp_path / "results.json"  # an image under a results-like name
     other.write_bytes(encode(smooth_rgb(20, 20, 4), "PNG"))
     before = other.read_bytes()
@@ -181,7 +175,7 @@ def test_output_that_holds_an_image_is_never_overwritten(checkpoint, tmp_path):
 @needs_root
 def test_output_to_a_device_is_refused(checkpoint, tmp_path):
     null = device_node(tmp_path / "null", 1, 3)
-    done = mvit("classify", photo(tmp_path / "a.png"), "--weights", checkpoint, "-o", null)
+    done = mvit("classify", write_photo(tmp_path / "a.png"), "--weights", checkpoint, "-o", null)
     assert done.returncode == 1 and b"character device" in done.stderr
 
 
@@ -198,7 +192,7 @@ def test_non_finite_weights_are_refused_with_the_tensors_name(model, tmp_path, v
 
     with pytest.raises(CheckpointError, match=r"stages\.2\.1\.transformer\.0\.attn\.qkv\.weight holds 1 "):
         load_checkpoint(path)
-    result = CliRunner().invoke(app, ["classify", str(photo(tmp_path / "a.png")), "--weights", str(path)])
+    result = CliRunner().invoke(app, ["classify", str(write_photo(tmp_path / "a.png")), "--weights", str(path)])
     assert result.exit_code == 1 and "damaged" in result.output and "NaN" not in result.output.replace(
         "NaN value", "")
 
@@ -221,7 +215,7 @@ def test_integer_weights_are_refused(model, tmp_path):
 def test_control_characters_in_names_never_reach_the_terminal(checkpoint, tmp_path):
     names = ["clip\x1b]52;c;aGVsbG8=\x07.png", "red\x1b[31m.png", "two\nlines.png", "bell\x07\x9b2J.png"]
     for seed, name in enumerate(names):
-        photo(tmp_path / "hostile" / name, seed=seed)
+        write_photo(tmp_path / "hostile" / name, seed=seed)
     (tmp_path / "hostile" / "broken\x1b[5m.png").write_bytes(b"not an image")
     for args in ((), ("--top-k", "2")):
         table = mvit("classify", tmp_path / "hostile", "--weights", checkpoint, *args)
@@ -241,7 +235,7 @@ def test_a_cache_folder_that_is_a_file_is_one_clear_error(tmp_path, monkeypatch)
     not_a_folder = tmp_path / "cache"
     not_a_folder.write_text("oops")
     monkeypatch.setenv("MVIT_CACHE", str(not_a_folder))
-    for args in (["cache", "list"], ["cache", "clear"], ["classify", str(photo(tmp_path / "a.png"))],
+    for args in (["cache", "list"], ["cache", "clear"], ["classify", str(write_photo(tmp_path / "a.png"))],
                  ["info", "--variant", "xxs"]):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 1, (args, result.output)
@@ -254,7 +248,7 @@ def test_a_cache_folder_that_is_a_file_is_one_clear_error(tmp_path, monkeypatch)
 def test_library_warnings_do_not_leak_to_stderr(checkpoint, tmp_path):
     tiny = tmp_path / "tiny.tif"
     tiny.write_bytes(corrupt_exif_tiff())
-    done = mvit("classify", tiny, photo(tmp_path / "ok.png"), "--weights", checkpoint, "--format", "jsonl")
+    done = mvit("classify", tiny, write_photo(tmp_path / "ok.png"), "--weights", checkpoint, "--format", "jsonl")
     assert done.returncode == 3
     bad, good = map(json.loads, done.stdout.splitlines())
     assert bad["error"] and "predictions" in good
@@ -267,7 +261,7 @@ def test_library_warnings_do_not_leak_to_stderr(checkpoint, tmp_path):
 
 def test_sigterm_mid_run_leaves_valid_json_and_exits_143(checkpoint, tmp_path):
     for i in range(40):
-        photo(tmp_path / "many" / f"{i:02d}.png", seed=i)
+        write_photo(tmp_path / "many" / f"{i:02d}.png", seed=i)
     out = tmp_path / "out.json"
     process = subprocess.Popen([str(MVIT), "classify", str(tmp_path / "many"), "--weights", str(checkpoint),
                                 "--workers", "0", "--batch-size", "1", "--format", "json", "-o", str(out)],
