@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from image_corpus import smooth_rgb
 from test_preprocess_parity import timm_eval_reference
+from cli_helpers import invoke
 from mvit_cli import Classifier, Result, load
-from mvit_cli.cli.main import app
 from mvit_cli.errors import ImageDecodeError
 
 pytestmark = pytest.mark.usefixtures("offline_empty_cache")
@@ -50,8 +49,8 @@ def classifier(xxs_checkpoint) -> Classifier:
 
 
 def cli_records(checkpoint: Path, paths: list[Path], *args: str) -> list[dict]:
-    result = CliRunner().invoke(app, ["classify", *map(str, paths), "--weights", str(checkpoint), "--format", "json",
-                                      *args])
+    result = invoke("classify", *map(str, paths), "--weights", str(checkpoint), "--format", "json",
+                    *args)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 

@@ -6,14 +6,12 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import cli_helpers
 
 from mvit_cli import benchmark
 from mvit_cli import export as export_module
 from mvit_cli.errors import ExportParityError
-from mvit_cli.cli.main import app
 from mvit_cli.model import MobileViT
 from mvit_cli.random_weights import structured_images
 
@@ -126,8 +124,8 @@ def test_export_default_name_is_in_the_working_directory(weights, tmp_path, monk
 def test_export_into_a_missing_folder_is_refused_and_creates_nothing(weights, tmp_path, fmt):
     # Like classify's --output: a typo in a folder name must not scatter new folders (issue 18, finding 1).
     target = tmp_path / "new" / "folder" / f"m.{fmt}"
-    result = CliRunner().invoke(app, ["export", "--weights", str(weights), "-f", fmt, "-o", str(target),
-                                      "--input-size", "64"])
+    result = cli_helpers.invoke("export", "--weights", str(weights), "-f", fmt, "-o", str(target),
+                                "--input-size", "64")
     assert result.exit_code == 1
     assert "does not exist" in result.output and "internal error" not in result.output
     assert not (tmp_path / "new").exists()
@@ -136,8 +134,8 @@ def test_export_into_a_missing_folder_is_refused_and_creates_nothing(weights, tm
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_to_an_unwritable_place_is_one_clear_line(weights, fmt):
     target = "/proc/mvit-cannot-write-here/m.out"  # /proc refuses new files and folders, even to root
-    result = CliRunner().invoke(app, ["export", "--weights", str(weights), "-f", fmt, "-o", target,
-                                      "--input-size", "64"])
+    result = cli_helpers.invoke("export", "--weights", str(weights), "-f", fmt, "-o", target,
+                                "--input-size", "64")
     assert result.exit_code == 1
     assert f"--output {target}: the folder" in result.output and "internal error" not in result.output
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cli_helpers import invoke
 from mvit_cli.random_weights import randomize_, structured_images
 from mvit_cli import checkpoints
 from mvit_cli.checkpoints import (
@@ -185,11 +186,9 @@ def test_other_variant_names_both_variants(tmp_path, xs_state):
     message = load_error(path, variant="s")
     assert "MobileViT-XS" in message and "MobileViT-S was asked" in message
     # The CLI names the flag that fixes it.
-    from typer.testing import CliRunner
 
-    from mvit_cli.cli.main import app
 
-    result = CliRunner().invoke(app, ["classify", str(path), "--weights", str(path), "--variant", "s"])
+    result = invoke("classify", str(path), "--weights", str(path), "--variant", "s")
     assert result.exit_code == 1 and "--variant s (MobileViT-S) was given; pass --variant xs" in result.output
     assert load_checkpoint(path).variant == "xs"  # without --variant, it just loads
 

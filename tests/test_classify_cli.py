@@ -23,11 +23,10 @@ import safetensors.torch
 import torch
 from image_corpus import smooth_rgb, write_corpus
 from PIL import Image
+import cli_helpers
 from mvit_cli.random_weights import randomize_
 from test_preprocess_parity import timm_eval_reference
-from typer.testing import CliRunner
 
-from mvit_cli.cli.main import app
 from mvit_cli.labels import CLASSES
 from mvit_cli.model import build_model
 
@@ -68,8 +67,8 @@ def setup(tmp_path_factory):
 def corpus_json(setup):
     """The whole corpus classified once (JSON, top-5); the other tests use small subsets of it."""
     root, checkpoint = setup.root, setup.checkpoint
-    result = CliRunner().invoke(app, ["classify", str(root / "corpus"), "--weights", str(checkpoint),
-                                      "--format", "json", "--workers", "0", "--batch-size", "4"],
+    result = cli_helpers.invoke("classify", str(root / "corpus"), "--weights", str(checkpoint),
+                                "--format", "json", "--workers", "0", "--batch-size", "4",
                                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf"),
                                      "MVIT_CACHE": str(root / "cache")})
     return result
@@ -80,7 +79,7 @@ SUBSET = ["upright.jpg", "zero_bytes.jpg", "png_named.jpg"]
 
 
 def invoke(*args) -> "object":
-    return CliRunner().invoke(app, ["classify", *map(str, args)])
+    return cli_helpers.invoke("classify", *map(str, args))
 
 
 def run_json(setup, *args, fmt: str = "json"):
@@ -237,7 +236,7 @@ def test_table_one_row_per_image_for_many(setup, corpus_json, monkeypatch):
     root, checkpoint = setup.root, setup.checkpoint
     monkeypatch.chdir(root)
     names = ["upright.jpg", "zero_bytes.jpg", "png_named.jpg", "rgba.png", "bomb.png"]
-    result = CliRunner().invoke(app, ["classify", *(f"corpus/{n}" for n in names), "--weights", str(checkpoint)],
+    result = cli_helpers.invoke("classify", *(f"corpus/{n}" for n in names), "--weights", str(checkpoint),
                                 env={"COLUMNS": "160"})
     assert result.exit_code == 3
     records = records_by_path(json.loads(corpus_json.stdout))
@@ -344,7 +343,7 @@ def test_table_shows_paths_verbatim_even_with_brackets(setup, tmp_path, monkeypa
     for name in names:
         (tmp_path / name).write_bytes(data)
     few = invoke(names[0], "--weights", checkpoint, "-k", "1")
-    many = CliRunner().invoke(app, ["classify", *names, "--weights", str(checkpoint), "-k", "1"],
+    many = cli_helpers.invoke("classify", *names, "--weights", str(checkpoint), "-k", "1",
                               env={"COLUMNS": "120"})
     assert few.exit_code == many.exit_code == 0
     assert "[bold]cat.jpg" in few.stdout

@@ -9,8 +9,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
+from cli_helpers import invoke
 from mvit_cli.cli.main import app
 
 COMMANDS = [["classify"], ["embed"], ["eval"], ["info"], ["bench"], ["export"], ["download"], ["import"],
@@ -24,14 +24,14 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_version_is_the_installed_distributions():
-    result = CliRunner().invoke(app, ["--version"])
+    result = invoke("--version")
     assert result.exit_code == 0
     assert result.stdout.strip() == f"mvit {version('mvit-cli')}"
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_every_command_has_help_with_examples(command):
-    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=120)
+    result = invoke(*command, "--help", terminal_width=120)
     assert result.exit_code == 0, result.output
     assert "Examples" in result.stdout
     assert f"mvit {' '.join(command)}" in result.stdout  # the examples show the command itself
@@ -49,7 +49,7 @@ def test_every_registered_command_is_covered_here():
 
 
 def test_unknown_option_is_a_usage_error_with_exit_1():
-    result = CliRunner().invoke(app, ["classify", "x.jpg", "--no-such-option"])
+    result = invoke("classify", "x.jpg", "--no-such-option")
     assert result.exit_code == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == ["mvit: error: no such option: --no-such-option (see 'mvit classify --help')"]
@@ -92,7 +92,7 @@ def test_defaults_named_in_option_help_are_shown(command):
     if len(command) > 1:
         cli = cli.commands[command[1]]
     stated = [m.group(1) for p in cli.params for m in re.finditer(r"\[default: ([^\]]+)\]", p.help or "")]
-    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=400)
+    result = invoke(*command, "--help", terminal_width=400)
     shown = " ".join(result.stdout.replace("│", " ").split())
     for text in stated:
         assert f"default: {' '.join(text.split())}" in shown

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 import typer.main
-from typer.testing import CliRunner
 
+from cli_helpers import invoke
 from mvit_cli.cli.main import app
 
 WIDTHS = (80, 120)
@@ -39,7 +39,7 @@ def _page_id(page) -> str:
 
 
 def render(path: list[str], width: int) -> str:
-    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": str(width)})
+    result = invoke(*path, "--help", env={"COLUMNS": str(width)})
     assert result.exit_code == 0, result.output
     return ANSI.sub("", result.stdout)
 
@@ -198,7 +198,7 @@ MISTAKES = [
 
 @pytest.mark.parametrize(("args", "message"), MISTAKES, ids=[" ".join(args) for args, _ in MISTAKES])
 def test_a_mistake_is_one_line_in_mvits_words(args, message):
-    result = CliRunner().invoke(app, args)
+    result = invoke(*args)
     assert result.exit_code == 1
     assert result.stdout == ""
     assert result.stderr.startswith(f"mvit: error: {message}"), result.stderr
@@ -216,12 +216,12 @@ def test_a_path_that_is_not_there_or_of_the_wrong_kind(tmp_path):
     ]
     (tmp_path / "a.txt").write_text("not a folder")
     for args, message in cases:
-        result = CliRunner().invoke(app, args)
+        result = invoke(*args)
         assert (result.exit_code, result.stderr) == (1, f"mvit: error: {message}\n")
 
 
 def test_a_hostile_value_is_printed_harmless():
-    result = CliRunner().invoke(app, ["classify", "--variant", "x\x1b[2Jy\nz", "a.jpg"])
+    result = invoke("classify", "--variant", "x\x1b[2Jy\nz", "a.jpg")
     assert result.exit_code == 1
     assert "\x1b" not in result.stderr and len(result.stderr.splitlines()) == 1
 

@@ -16,11 +16,10 @@ import pytest
 import torch
 from image_corpus import smooth_rgb
 from PIL import Image
+from cli_helpers import invoke
 from mvit_cli.random_weights import randomize_
 from reference_models import build_transformers, plain_state_dict
-from typer.testing import CliRunner
 
-from mvit_cli.cli.main import app
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("offline_empty_cache")
@@ -53,8 +52,8 @@ def transformers_pipeline_probabilities(model, path: Path) -> torch.Tensor:
 
 
 def mvit_predictions(*args) -> list[dict]:
-    result = CliRunner().invoke(app, ["classify", *map(str, args), "--format", "json", "--workers", "0",
-                                      "--top-k", "5"])
+    result = invoke("classify", *map(str, args), "--format", "json", "--workers", "0",
+                    "--top-k", "5")
     assert result.exit_code == 0, result.output
     (record,) = json.loads(result.stdout)
     return record["predictions"]

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from eval_helpers import (
     ValSet,
@@ -32,7 +31,7 @@ from eval_helpers import (
     write_devkit,
     write_kaggle,
 )
-from mvit_cli.cli.main import app
+from cli_helpers import invoke
 
 N_IMAGES = 10
 JSON_KEYS = {"dataset", "layout", "variant", "source", "classes", "input_size", "crop_pct", "interpolation", "images",
@@ -62,7 +61,7 @@ def setup(tmp_path_factory):
 
 
 def run_eval(*args: str):
-    return CliRunner().invoke(app, ["eval", *map(str, args)])
+    return invoke("eval", *map(str, args))
 
 
 def run_json(directory: Path, checkpoint: Path, *extra: str) -> tuple[dict, object]:

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from eval_helpers import (
     ValSet,
@@ -42,7 +41,7 @@ from eval_helpers import (
     write_kaggle,
     write_kaggle_csv,
 )
-from mvit_cli.cli.main import app
+from cli_helpers import invoke
 
 N_IMAGES = 10
 
@@ -66,7 +65,7 @@ def setup(tmp_path_factory):
 
 
 def run_eval(*args):
-    return CliRunner().invoke(app, ["eval", *map(str, args)])
+    return invoke("eval", *map(str, args))
 
 
 def run_json(directory, checkpoint: Path, *extra, code: int = 0):

@@ -10,6 +10,7 @@ import pytest
 from image_corpus import encode, exif_rotated_jpeg, smooth_rgb
 from PIL import Image
 
+from cli_helpers import invoke
 from mvit_cli.pipeline.batching import load_pixels
 from mvit_cli.pipeline.images import decode_image
 from mvit_cli.preprocess import Preprocessing, resize_and_crop
@@ -68,9 +69,7 @@ def test_fast_pixels_stay_within_a_few_grey_levels_of_the_reference(photo, photo
 def test_classify_decode_fast_gives_close_predictions_and_the_same_records(tmp_path, photo_jpeg):
     import safetensors.torch
     from mvit_cli.random_weights import randomize_
-    from typer.testing import CliRunner
 
-    from mvit_cli.cli.main import app
     from mvit_cli.model import build_model
 
     checkpoint = tmp_path / "xxs.safetensors"
@@ -81,8 +80,8 @@ def test_classify_decode_fast_gives_close_predictions_and_the_same_records(tmp_p
     (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
 
     def run(*extra: str) -> list[dict]:
-        result = CliRunner().invoke(app, ["classify", str(tmp_path / "photos"), "--weights", str(checkpoint),
-                                          "--format", "json", "--top-k", "1000", *extra])
+        result = invoke("classify", str(tmp_path / "photos"), "--weights", str(checkpoint),
+                        "--format", "json", "--top-k", "1000", *extra)
         assert result.exit_code == 3, result.output  # the broken file, in every mode
         return json.loads(result.stdout)
 

@@ -23,10 +23,9 @@ import pytest
 import safetensors.torch
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from image_corpus import corrupt_exif_tiff, encode, smooth_rgb, write_hostile_corpus, write_photo
-from mvit_cli.cli.main import app
+from cli_helpers import invoke
 from mvit_cli.errors import CheckpointError, ImageDecodeError
 from mvit_cli.pipeline import images
 from mvit_cli.pipeline.sources import ReadPolicy, read_stream
@@ -74,8 +73,8 @@ def test_export_onto_the_weights_file_is_refused(checkpoint, tmp_path):
     link = tmp_path / "hard.pt"
     os.link(weights, link)  # another name for the same file
     for target in (weights, link):
-        result = CliRunner().invoke(app, ["export", "--weights", str(weights), "-f", "torchscript", "-o", str(target),
-                                          "--input-size", "64"])
+        result = invoke("export", "--weights", str(weights), "-f", "torchscript", "-o", str(target),
+                        "--input-size", "64")
         assert result.exit_code == 1 and "the weights file" in result.output, result.output
     assert weights.read_bytes() == checkpoint.read_bytes()
 
@@ -192,7 +191,7 @@ def test_non_finite_weights_are_refused_with_the_tensors_name(model, tmp_path, v
 
     with pytest.raises(CheckpointError, match=r"stages\.2\.1\.transformer\.0\.attn\.qkv\.weight holds 1 "):
         load_checkpoint(path)
-    result = CliRunner().invoke(app, ["classify", str(write_photo(tmp_path / "a.png")), "--weights", str(path)])
+    result = invoke("classify", str(write_photo(tmp_path / "a.png")), "--weights", str(path))
     assert result.exit_code == 1 and "damaged" in result.output and "NaN" not in result.output.replace(
         "NaN value", "")
 
@@ -237,7 +236,7 @@ def test_a_cache_folder_that_is_a_file_is_one_clear_error(tmp_path, monkeypatch)
     monkeypatch.setenv("MVIT_CACHE", str(not_a_folder))
     for args in (["cache", "list"], ["cache", "clear"], ["classify", str(write_photo(tmp_path / "a.png"))],
                  ["info", "--variant", "xxs"]):
-        result = CliRunner().invoke(app, args)
+        result = invoke(*args)
         assert result.exit_code == 1, (args, result.output)
         assert "is a file, not a folder" in result.output and "internal error" not in result.output
 
@@ -299,5 +298,5 @@ def test_16_bit_pgm_stays_scaled_as_16_bit():
 def test_a_symlink_loop_is_named_as_such(checkpoint, tmp_path):
     loop = tmp_path / "loop.jpg"
     loop.symlink_to(loop)
-    result = CliRunner().invoke(app, ["classify", str(loop), "--weights", str(checkpoint)])
+    result = invoke("classify", str(loop), "--weights", str(checkpoint))
     assert result.exit_code == 1 and "link loop" in result.output and "no such file" not in result.output

@@ -10,10 +10,9 @@ import pytest
 import safetensors.torch
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from typer.testing import CliRunner
 
+from cli_helpers import invoke
 from mvit_cli import manifest, store
-from mvit_cli.cli.main import app
 from mvit_cli.model import build_model
 from mvit_cli.random_weights import randomize_
 from reference_models import build_timm, build_transformers
@@ -33,7 +32,7 @@ def no_network(tmp_path, monkeypatch):
 
 
 def info_json(*args: str) -> dict:
-    result = CliRunner().invoke(app, ["info", *args, "--format", "json"])
+    result = invoke("info", *args, "--format", "json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -121,22 +120,22 @@ def test_an_imported_file_that_is_not_the_published_one_is_never_called_so(tmp_p
                                 metadata={"format": "mvit", "variant": "s", "source": "timm"})
     store.import_checkpoint(path, variant="s", source="timm")
     assert info_json("--variant", "s")["cached"]["published"] is False
-    table = CliRunner().invoke(app, ["info", "--variant", "s"]).stdout
+    table = invoke("info", "--variant", "s").stdout
     assert "NOT the published file" in table and "cached      yes" not in table
-    listing = CliRunner().invoke(app, ["cache", "list"]).stdout
+    listing = invoke("cache", "list").stdout
     assert "imported, NOT the published file" in listing
-    rows = json.loads(CliRunner().invoke(app, ["cache", "list", "--format", "json"]).stdout)["files"]
+    rows = json.loads(invoke("cache", "list", "--format", "json").stdout)["files"]
     assert [(r["kind"], r["state"], r["published"]) for r in rows] == [("import", "verified", False)]
     # `download` offline: it needs the published file and says what the cache has instead, without contradicting
     # itself ("no timm weights in the cache" beside "the cache has timm weights").
-    result = CliRunner().invoke(app, ["download", "--variant", "s"], env={"HF_HUB_OFFLINE": "1"})
+    result = invoke("download", "--variant", "s", env={"HF_HUB_OFFLINE": "1"})
     assert result.exit_code == 1
     assert "holds an imported timm checkpoint for MobileViT-S" in result.output
     assert "no timm weights" not in result.output
 
 
 def test_table_output_names_the_variant_and_its_costs():
-    result = CliRunner().invoke(app, ["info", "--variant", "xs"])
+    result = invoke("info", "--variant", "xs")
     assert result.exit_code == 0, result.output
     assert "MobileViT-XS" in result.stdout and "2,317,848" in result.stdout and "2.05 GFLOPs" in result.stdout
     assert "78.4" not in result.stdout and "74.8" in result.stdout  # XS's paper accuracy, not S's

@@ -20,11 +20,10 @@ import pytest
 import safetensors.torch
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from image_corpus import smooth_rgb
+from cli_helpers import invoke
 from mvit_cli import load, manifest
-from mvit_cli.cli.main import app
 from mvit_cli.model import build_model
 from mvit_cli.preprocess import preprocess
 from mvit_cli.random_weights import calibrate_batchnorm, structured_images
@@ -74,13 +73,13 @@ def test_an_unsupported_dtype_is_refused_in_one_line(xxs_checkpoint, tmp_path, n
     photo = tmp_path / "a.png"
     smooth_rgb(40, 30).save(photo)
     for dtype in ("bfloat16", "float16"):
-        result = CliRunner().invoke(app, ["classify", str(photo), "--weights", str(xxs_checkpoint.path),
-                                          "--dtype", dtype])
+        result = invoke("classify", str(photo), "--weights", str(xxs_checkpoint.path),
+                        "--dtype", dtype)
         assert result.exit_code == 1
         assert result.output.strip().splitlines()[-1].startswith(f"mvit: error: {dtype} is not native on this cpu")
         assert "it supports float32" in result.output and "Traceback" not in result.output
-    auto = CliRunner().invoke(app, ["classify", str(photo), "--weights", str(xxs_checkpoint.path), "--dtype", "auto",
-                                    "--format", "json"])
+    auto = invoke("classify", str(photo), "--weights", str(xxs_checkpoint.path), "--dtype", "auto",
+                  "--format", "json")
     assert auto.exit_code == 0 and "--dtype auto: running in float32" in auto.stderr
 
 
@@ -158,20 +157,20 @@ def test_eval_in_bfloat16_is_within_a_point_of_float32_and_says_so(tmp_path):
     val = write_class_folders(make_val_set(model, tmp_path / "staged", 100, seed=7), tmp_path / "val")
     runs = {}
     for dtype in ("float32", "bfloat16"):
-        result = CliRunner().invoke(app, ["eval", str(val), "--weights", str(checkpoint), "--format", "json",
-                                          "--dtype", dtype])
+        result = invoke("eval", str(val), "--weights", str(checkpoint), "--format", "json",
+                        "--dtype", dtype)
         assert result.exit_code == 0, result.output
         runs[dtype] = json.loads(result.stdout)
     assert runs["float32"]["dtype"] == "float32" and runs["bfloat16"]["dtype"] == "bfloat16"
     assert abs(runs["bfloat16"]["top1"] - runs["float32"]["top1"]) <= 1.0
     assert abs(runs["bfloat16"]["top5"] - runs["float32"]["top5"]) <= 1.0
-    table = CliRunner().invoke(app, ["eval", str(val), "--weights", str(checkpoint), "--dtype", "bfloat16"])
+    table = invoke("eval", str(val), "--weights", str(checkpoint), "--dtype", "bfloat16")
     assert "precision" in table.stdout and "bfloat16" in table.stdout
 
 
 def test_bench_json_records_the_dtype(xxs_checkpoint):
-    result = CliRunner().invoke(app, ["bench", "--weights", str(xxs_checkpoint.path), "-b", "2", "--input-size",
-                                      "64", "--repetitions", "1", "--min-seconds", "0", "--warmup", "0",
-                                      "--format", "json"])
+    result = invoke("bench", "--weights", str(xxs_checkpoint.path), "-b", "2", "--input-size",
+                    "64", "--repetitions", "1", "--min-seconds", "0", "--warmup", "0",
+                    "--format", "json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["dtype"] == "float32"

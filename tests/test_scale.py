@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from http_fixtures import WebServer, body, chunked, hang, redirect, refused_port, status
 from image_corpus import smooth_rgb
-from mvit_cli.cli.main import app
+from cli_helpers import invoke
 
 MVIT = Path(sys.executable).with_name("mvit")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -121,7 +120,7 @@ def test_files_from_streams_a_list_with_comments_urls_and_stdin(xxs_checkpoint, 
 
 
 def test_stdin_cannot_be_both_the_list_and_an_image(xxs_checkpoint):
-    result = CliRunner().invoke(app, ["classify", "-", "--files-from", "-", "--weights", str(xxs_checkpoint.path)])
+    result = invoke("classify", "-", "--files-from", "-", "--weights", str(xxs_checkpoint.path))
     assert result.exit_code == 1 and "both the list" in result.output
 
 

@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from http_fixtures import WebServer, body
 from image_corpus import decompression_bomb_png, encode, exif_rotated_jpeg, in_mode, smooth_rgb
-from mvit_cli.cli.main import app
+from cli_helpers import invoke
 
 pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install -e '.[test]')")
 
@@ -79,8 +78,8 @@ def expected(xxs_checkpoint, photos, tmp_path_factory) -> dict[Path, dict]:
     """`mvit classify --format json` record of every test file, from a job of 105 inputs (module docstring)."""
     listing = tmp_path_factory.mktemp("serve-list") / "list.txt"
     listing.write_text("\n".join(str(path) for path in photos.all * 21) + "\n")
-    result = CliRunner().invoke(app, ["classify", "--files-from", str(listing), "--weights", str(xxs_checkpoint.path),
-                                      "--format", "json"])
+    result = invoke("classify", "--files-from", str(listing), "--weights", str(xxs_checkpoint.path),
+                    "--format", "json")
     assert result.exit_code == 3, result.output  # 3: the broken file failed, the others were classified
     records = json.loads(result.stdout)
     assert len(records) == 105
@@ -279,8 +278,8 @@ def test_sixteen_concurrent_clients_are_batched_together_and_answered_right(serv
 
 
 def test_info_equals_mvit_info_json(server, cache_dir):
-    result = CliRunner().invoke(app, ["info", "--variant", "xxs", "--source", "timm", "--format", "json",
-                                      "--cache-dir", str(cache_dir)])
+    result = invoke("info", "--variant", "xxs", "--source", "timm", "--format", "json",
+                    "--cache-dir", str(cache_dir))
     assert result.exit_code == 0, result.output
     assert server.get_json("/v1/info") == (200, json.loads(result.stdout))
 
@@ -497,7 +496,7 @@ def test_healthz_is_503_until_the_model_is_loaded(xxs_checkpoint, offline_empty_
 def test_weights_that_cannot_load_end_the_server_with_one_line(tmp_path, offline_empty_cache):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\0" * 64)
-    result = CliRunner().invoke(app, ["serve", "--port", "0", "--weights", str(broken)])
+    result = invoke("serve", "--port", "0", "--weights", str(broken))
     assert result.exit_code == 1
     assert "mvit: error:" in result.output and "Traceback" not in result.output
 
@@ -507,7 +506,7 @@ def test_a_port_in_use_is_one_clear_error(xxs_checkpoint, offline_empty_cache):
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        result = CliRunner().invoke(app, ["serve", "--port", str(port), "--weights", str(xxs_checkpoint.path)])
+        result = invoke("serve", "--port", str(port), "--weights", str(xxs_checkpoint.path))
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1 port {port}" in result.output and "Traceback" not in result.output
 
@@ -540,7 +539,7 @@ def test_connections_to_the_listening_socket_have_nagle_off():
 
 def test_without_the_serve_extra_one_line_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # what `import uvicorn` meets where it is not installed
-    result = CliRunner().invoke(app, ["serve"])
+    result = invoke("serve")
     assert result.exit_code == 1
     assert result.output.strip().count("\n") == 0
     assert "pip install 'mvit-cli[serve]'" in result.output
