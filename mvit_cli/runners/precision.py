@@ -19,11 +19,12 @@ reported probabilities are computed from float32 logits, in float64 as always.
 Why that split (measured on random weights with a calibrated head, 100 photos, S): the whole body in bf16 moved
 logits by up to 0.64 and changed top-1 on 9% of the images, nearly all of it from the MobileNetV2 blocks'
 convolutions; the MobileViT blocks alone in bf16 moved them by 0.017-0.12 and kept top-1 on 98%, and still
-gave S ~1.7x float32's images/s at batch 32 (the whole body ~2.0x): the transformer is where bf16 pays. LayerNorm
+gave S 1.55-1.62x float32's images/s at batch 32 (the whole body 2.0-2.2x, the transformers alone 1.45x): the
+MobileViT blocks are where bf16 pays without the MobileNetV2 blocks' error. LayerNorm
 weights in float32 let oneDNN fuse the LayerNorms of a bf16 graph (with bf16 weights it left them unfused);
 keeping LayerNorm or the attention softmax in float32 for accuracy changed nothing measurable. On the CPU the
-model then takes the same fast path as float32 (folded BatchNorm, channels_last, traced, oneDNN Graph fusion, two
-images per core). Figures: benchmarks/RESULTS.md.
+model then takes the same fast path as float32 (folded BatchNorm, channels_last, traced, oneDNN Graph fusion, one
+image per core at a time). Figures: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
