@@ -692,7 +692,7 @@ def test_the_page_is_self_contained(server):
     assert "default-src 'none'" in policy and "connect-src 'self'" in policy and "unsafe-inline" not in policy
 
 
-def test_the_page_classifies_photos_in_a_real_browser(browser, server, photos, expected, tmp_path):  # noqa: F811
+def test_the_page_classifies_photos_in_a_real_browser(browser, server, photos, expected, tmp_path):
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
